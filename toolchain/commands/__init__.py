@@ -1,0 +1,1 @@
+"""One thin module per command: parse options -> typed config -> one library call -> render."""

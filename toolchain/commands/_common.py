@@ -1,0 +1,49 @@
+"""Output helpers shared by the commands: rich for people (stdout), JSON for machines, status on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of tables.")
+
+
+def stdout_console() -> Console:
+    return Console(soft_wrap=False, highlight=False)
+
+
+def emit(data: dict[str, Any], as_json: bool, render: Callable[[Console], None]) -> None:
+    """Print ``data`` as JSON, or call ``render`` with a rich console."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(stdout_console())
+
+
+@contextmanager
+def status(message: str, *, quiet: bool) -> Iterator[None]:
+    """A spinner on stderr while long work runs (nothing when quiet or stderr is not a terminal)."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    with Console(stderr=True).status(message):
+        yield
+
+
+def is_quiet(ctx: click.Context, as_json: bool = False) -> bool:
+    root = ctx.find_root().obj or {}
+    return bool(root.get("quiet")) or as_json
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,54 @@
+"""Read what an exported ONNX model says about itself: provenance, I/O, the node-to-module map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import ToolchainError, one_line
+
+
+def inspect_model(path: str | Path, resolve: list[str] | None = None, include_nodes: bool = False) -> dict[str, Any]:
+    """Provenance (``toolchain.*`` metadata), inputs/outputs with symbolic dims, node and module counts,
+    and the module each name in ``resolve`` maps to (name-based resolution, without an optimized graph)."""
+    import onnx
+
+    from toolchain.export import read_provenance
+    from toolchain.nodemap import NodeModuleMap
+
+    provenance = read_provenance(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        node_map = NodeModuleMap.from_model(model)
+    except Exception as exc:
+        raise ToolchainError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
+
+    def io(values) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    initializers = {i.name for i in model.graph.initializer}
+    info: dict[str, Any] = {
+        "path": str(path), "provenance": provenance,
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "inputs": io(i for i in model.graph.input if i.name not in initializers), "outputs": io(model.graph.output),
+        "nodes": len(model.graph.node),
+        "mapped_nodes": sum(1 for n in model.graph.node if node_map and node_map.module_of(n.name) is not None),
+        "modules": len(node_map.modules) if node_map else 0,
+        "has_node_map": node_map is not None,
+    }
+    if resolve:
+        if node_map is None:
+            raise ToolchainError(f"{path} has no node-to-module map: export it with `toolchain export`")
+        info["resolved"] = []
+        for name in resolve:
+            r = node_map.resolve(name)
+            info["resolved"].append({"name": name, "module": r.module if r else None, "method": r.method if r else None})
+    if include_nodes:
+        info["node_modules"] = [{"name": n.name, "op": n.op_type, "module": node_map.module_of(n.name) if node_map else None}
+                                for n in model.graph.node]
+    return info

@@ -1,0 +1,80 @@
+"""ONNX Runtime profiler traces -> per-node kernel times.
+
+The profiler slows some models noticeably, so energy windows never run with it on: this is a separate
+run whose only job is the per-node split of time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.runtime import create_session
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """Kernel time of one (optimized) node over all profiled runs: ``total_us`` microseconds in ``calls``
+    kernel launches; ``op_type`` and ``provider`` as the profiler reports them (``args.op_name``)."""
+
+    name: str
+    op_type: str
+    provider: str
+    total_us: float
+    calls: int
+
+
+@dataclass
+class NodeProfile:
+    """Per-node times from one profiled session, plus the optimized graph ORT wrote (to resolve names)."""
+
+    nodes: list[NodeTime]
+    runs: int
+    optimized_model: Path
+
+    @property
+    def total_us(self) -> float:
+        return sum(n.total_us for n in self.nodes)
+
+
+def parse_trace(path: str | os.PathLike, skip_runs: int = 0) -> list[NodeTime]:
+    """Sum the ``*_kernel_time`` events (``cat == "Node"``) of an ORT profile, per node name.
+
+    ``skip_runs`` drops the events of the first runs (warm-up), located by the ``model_run`` events."""
+    events = json.loads(Path(path).read_text())
+    run_ends = sorted(ev["ts"] + ev["dur"] for ev in events
+                      if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    cutoff = run_ends[skip_runs - 1] if 0 < skip_runs <= len(run_ends) else -1
+    totals: dict[str, list] = {}
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or ev["ts"] <= cutoff:
+            continue
+        args = ev.get("args", {})
+        name = ev["name"][: -len("_kernel_time")]
+        entry = totals.setdefault(name, [args.get("op_name", ""), args.get("provider", ""), 0.0, 0])
+        entry[2] += float(ev.get("dur", 0))
+        entry[3] += 1
+    return [NodeTime(n, op, prov, us, calls) for n, (op, prov, us, calls) in totals.items()]
+
+
+def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *, providers: list[str] | None = None,
+                  runs: int = 10, warmup: int = 2, threads: int | None = None,
+                  workdir: str | os.PathLike | None = None) -> NodeProfile:
+    """Run ``model_path`` ``warmup + runs`` times under ORT's profiler and return the per-node kernel
+    times of the last ``runs`` runs.
+
+    The optimized graph is saved to ``workdir`` (a temporary directory if None) so that profiled names
+    can be resolved to modules (:meth:`toolchain.nodemap.NodeModuleMap.resolve`)."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="toolchain-prof-"))
+    optimized = work / "optimized.onnx"
+    session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
+                             optimized_model_path=str(optimized))
+    for _ in range(warmup + runs):
+        session.run(None, feeds)
+    trace = session.end_profiling()
+    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized)
