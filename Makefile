@@ -22,6 +22,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
+	mkdir -p out
 	$(VENV)/bin/toolchain doctor
 	$(VENV)/bin/toolchain export minilm -o out/minilm.onnx --force
 	$(VENV)/bin/toolchain export resnet-50 -o out/resnet50.onnx --force

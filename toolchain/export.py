@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -161,8 +162,8 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
     # torch.onnx logs missing torchvision ops and deprecations; they are noise for our users
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        # the exporters print progress on stdout; keep stdout for our own (--json) output
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the exporters print progress and IR dumps; keep stdout for our own (--json) output
+        with _captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if opts.exporter == "torchscript":
                 dynamic_axes = {s.name: dict(s.dynamic_axes) for s in model.inputs}
@@ -187,6 +188,32 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
         cause = exc.__cause__ or exc
         raise ToolchainError(f"the {opts.exporter} exporter cannot export {model.source}: {_one_line(cause)}",
                              hint=f"try --exporter {other}") from None
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Silence stdout and stderr at the file-descriptor level (the TorchScript exporter prints IR dumps
+    from C++); what was printed is logged at debug level (`toolchain -vv`)."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            printed = sink.read().decode(errors="replace") + out.getvalue() + err.getvalue()
+            if printed.strip():
+                log.debug("exporter output:\n%s", printed)
 
 
 def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool):

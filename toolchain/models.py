@@ -107,7 +107,7 @@ def parse_input_spec(text: str, index: int = 0) -> InputSpec:
     if len(parts) == 1:
         name, dims, dtype = f"input_{index}" if index else "input", parts[0], "float32"
     elif len(parts) == 2:
-        if re.fullmatch(r"[0-9x,]+", parts[0]):
+        if re.fullmatch(r"\d[0-9x,]*", parts[0]):
             name, dims, dtype = f"input_{index}" if index else "input", parts[0], parts[1]
         else:
             name, dims, dtype = parts[0], parts[1], "float32"
