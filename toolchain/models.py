@@ -234,9 +234,37 @@ def _from_config(name: str, config: Any, task: str, seed: int = 0, description: 
     torch.manual_seed(seed)
     cls = _auto_class(task)
     module = cls.from_config(config, attn_implementation="sdpa") if _supports_sdpa(config) else cls.from_config(config)
-    digest = _sha256_text(f"{name}|{task}|seed={seed}|{config.to_json_string(use_diff=False)}")
-    return _hf_loaded(module, config, task, source=name, kind="random-weights", description=description,
-                      source_hash=digest)
+    # transformers draws conv weights from N(0, 0.02) and leaves BatchNorm statistics at mean 0, var 1:
+    # through MobileNetV2's 52 layers the logits shrink to 1e-21. He fan-in init, then BatchNorm
+    # statistics gathered on random inputs, give activations at the scale of a trained network, which
+    # calibration and parity checks need.
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(sub.weight, mode="fan_in", nonlinearity="relu")
+    digest = _sha256_text(f"{name}|{task}|seed={seed}|init=he-fan-in-conv,bn-stats|{config.to_json_string(use_diff=False)}")
+    loaded = _hf_loaded(module, config, task, source=name, kind="random-weights", description=description,
+                        source_hash=digest)
+    _gather_batchnorm_stats(loaded, seed)
+    return loaded
+
+
+def _gather_batchnorm_stats(model: LoadedModel, seed: int, batches: int = 2, batch: int = 4) -> None:
+    """Set BatchNorm running statistics from random inputs (cumulative average), then eval mode."""
+    import torch
+
+    norms = [m for m in model.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    wrapper = export_module(model)
+    model.module.train()
+    with torch.no_grad():
+        for i in range(batches):
+            feeds = make_inputs(model, batch=batch, seed=seed + 1000 + i)
+            wrapper(*[feeds[s.name] for s in model.inputs])
+    model.module.eval()
 
 
 def _supports_sdpa(config: Any) -> bool:

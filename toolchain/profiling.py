@@ -71,6 +71,7 @@ def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *
     The optimized graph is saved to ``workdir`` (a temporary directory if None) so that profiled names
     can be resolved to modules (:meth:`toolchain.nodemap.NodeModuleMap.resolve`)."""
     work = Path(workdir or tempfile.mkdtemp(prefix="toolchain-prof-"))
+    work.mkdir(parents=True, exist_ok=True)
     optimized = work / "optimized.onnx"
     session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
                              optimized_model_path=str(optimized))

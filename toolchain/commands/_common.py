@@ -15,7 +15,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def stdout_console() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+    """Rich console on stdout; when piped (no terminal width to read) 120 columns instead of rich's 80."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def emit(data: dict[str, Any], as_json: bool, render: Callable[[Console], None]) -> None:

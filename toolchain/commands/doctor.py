@@ -22,6 +22,7 @@ def doctor(as_json: bool) -> None:
     report = run_doctor()
 
     def render(console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title="Versions", show_header=False, title_justify="left")
@@ -37,7 +38,7 @@ def doctor(as_json: bool) -> None:
         t.add_column("usable")
         t.add_column("why not")
         for p in report.providers:
-            t.add_row(p["name"], "[green]yes[/]" if p["usable"] else "[red]no[/]", p["reason"])
+            t.add_row(p["name"], "[green]yes[/]" if p["usable"] else "[red]no[/]", escape(p["reason"]))
         console.print(t)
         t = Table(title="Power meters", title_justify="left")
         t.add_column("meter")
@@ -45,9 +46,9 @@ def doctor(as_json: bool) -> None:
         t.add_column("detail")
         t.add_column("fix")
         for m in report.meters:
-            t.add_row(m["name"], "[green]yes[/]" if m["readable"] else "[red]no[/]", m["detail"], m["fix"])
+            t.add_row(m["name"], "[green]yes[/]" if m["readable"] else "[red]no[/]", escape(m["detail"]), escape(m["fix"]))
         console.print(t)
         for problem in report.problems:
-            console.print(f"[yellow]![/] {problem}")
+            console.print(f"[yellow]![/] {escape(problem)}")
 
     emit(report.to_dict(), as_json, render)

@@ -15,8 +15,7 @@ def zones(root: Path = POWERCAP_ROOT) -> list[Path]:
     """Top-level RAPL zones (one per package/socket) and their subzones (core, uncore, dram)."""
     if not root.is_dir():
         return []
-    found = sorted(p for p in root.glob("intel-rapl:*") if (p / "energy_uj").exists())
-    return found
+    return sorted(p for p in root.glob("intel-rapl:*") if (p / "energy_uj").exists())
 
 
 def probe(root: Path = POWERCAP_ROOT) -> MeterStatus:
@@ -24,12 +23,11 @@ def probe(root: Path = POWERCAP_ROOT) -> MeterStatus:
     if not root.is_dir():
         return MeterStatus("rapl", False, f"{root} does not exist: this kernel or machine exposes no RAPL "
                            "(virtual machines and containers usually hide it)",
-                           "run on bare metal with the intel_rapl_common (or amd_energy) kernel module loaded; "
-                           "or use --meter estimate")
+                           "run on bare metal with the intel_rapl_common kernel module loaded")
     found = zones(root)
     if not found:
         return MeterStatus("rapl", False, f"{root} has no intel-rapl zones",
-                           "load the kernel module: `sudo modprobe intel_rapl_common`; or use --meter estimate")
+                           "load the kernel module: `sudo modprobe intel_rapl_common`")
     names = []
     for zone in found:
         try:
