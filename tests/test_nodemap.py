@@ -42,6 +42,11 @@ def _quantize(path, loaded, out):
     return out
 
 
+def _exported_or_quantized(exported, precision, tmp_path):
+    loaded, result = exported
+    return loaded, result.path if precision == "fp32" else _quantize(result.path, loaded, tmp_path / "q.onnx")
+
+
 def _profile_and_resolve(path, loaded, tmp_path):
     node_map = NodeModuleMap.from_model(onnx.load(str(path), load_external_data=False))
     assert node_map is not None, "the map must travel with the model"
@@ -55,8 +60,7 @@ def _profile_and_resolve(path, loaded, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "qdq"])
 def test_resnet_profiled_nodes_resolve_to_conv_modules(tiny_resnet, precision, tmp_path):
-    loaded, result = tiny_resnet
-    path = result.path if precision == "fp32" else _quantize(result.path, loaded, tmp_path / "q.onnx")
+    loaded, path = _exported_or_quantized(tiny_resnet, precision, tmp_path)
     node_map, rows, share = _profile_and_resolve(path, loaded, tmp_path)
     assert share >= 0.99
     convs = [(n, r) for n, r in rows if n.op_type in COMPUTE_OPS and "Conv" in n.op_type]
@@ -70,8 +74,7 @@ def test_resnet_profiled_nodes_resolve_to_conv_modules(tiny_resnet, precision, t
 
 @pytest.mark.parametrize("precision", ["fp32", "qdq"])
 def test_bert_profiled_nodes_resolve(tiny_bert, precision, tmp_path):
-    loaded, result = tiny_bert
-    path = result.path if precision == "fp32" else _quantize(result.path, loaded, tmp_path / "q.onnx")
+    loaded, path = _exported_or_quantized(tiny_bert, precision, tmp_path)
     node_map, rows, share = _profile_and_resolve(path, loaded, tmp_path)
     assert share >= 0.99
     modules = {r.module for _, r in rows if r is not None}
@@ -109,3 +112,22 @@ def test_map_survives_qdq_quantization(tiny_resnet, tmp_path):
     qmodel = onnx.load(str(q))
     dq = [n.name for n in qmodel.graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(carried.resolve(name) is not None for name in dq)
+
+
+def test_cli_inspect_resolves_profiled_names(tiny_resnet):
+    import json
+
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    from toolchain.inspect import _cpu_optimized_graph
+
+    _, result = tiny_resnet
+    graph = _cpu_optimized_graph(result.path)
+    fused = next(n for n, v in graph.nodes.items() if n.endswith("_nchwc") and v["op"] == "Conv")
+    out = CliRunner().invoke(main, ["inspect", result.path, "--resolve", f"{fused}@Conv", "--resolve", "nonsense", "--json"])
+    assert out.exit_code == 0, out.output
+    resolved = json.loads(out.output)["resolved"]
+    modules = NodeModuleMap.from_model(onnx.load(result.path)).modules
+    assert modules[resolved[0]["module"]].endswith("Conv2d")
+    assert resolved[1]["module"] is None

@@ -10,7 +10,11 @@ from toolchain.errors import ToolchainError, one_line
 
 def inspect_model(path: str | Path, resolve: list[str] | None = None, include_nodes: bool = False) -> dict[str, Any]:
     """Provenance (``toolchain.*`` metadata), inputs/outputs with symbolic dims, node and module counts,
-    and the module each name in ``resolve`` maps to (name-based resolution, without an optimized graph)."""
+    and the module each name in ``resolve`` maps to.
+
+    A name to resolve is a node name as ONNX Runtime's profiler reports it, optionally followed by
+    ``@OP`` (the profiled ``op_name``, e.g. ``relu_3_nchwc@Conv``). Names are resolved against the graph
+    ONNX Runtime optimizes for the CPU execution provider at the highest level."""
     import onnx
 
     from toolchain.export import read_provenance
@@ -44,11 +48,29 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     if resolve:
         if node_map is None:
             raise ToolchainError(f"{path} has no node-to-module map: export it with `toolchain export`")
+        graph = _cpu_optimized_graph(path)
         info["resolved"] = []
-        for name in resolve:
-            r = node_map.resolve(name)
-            info["resolved"].append({"name": name, "module": r.module if r else None, "method": r.method if r else None})
+        for spec in resolve:
+            name, _, op = spec.rpartition("@") if "@" in spec else (spec, "", "")
+            r = node_map.resolve(name, op or None, graph)
+            info["resolved"].append({"name": name, "op": op or None, "module": r.module if r else None,
+                                     "method": r.method if r else None})
     if include_nodes:
         info["node_modules"] = [{"name": n.name, "op": n.op_type, "module": node_map.module_of(n.name) if node_map else None}
                                 for n in model.graph.node]
     return info
+
+
+def _cpu_optimized_graph(path: str | Path):
+    """Let ONNX Runtime optimize the model for the CPU EP and index the graph it writes."""
+    import tempfile
+
+    import onnx
+
+    from toolchain.nodemap import OptimizedGraph
+    from toolchain.runtime import create_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        create_session(path, ["cpu"], optimized_model_path=str(optimized))
+        return OptimizedGraph.from_model(onnx.load(str(optimized)))

@@ -10,7 +10,8 @@ from toolchain.commands._common import emit, json_option
 @click.command(name="inspect")
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--resolve", "names", multiple=True, metavar="NODE",
-              help="Resolve a node name (as ONNX Runtime's profiler reports it) to its PyTorch module; repeatable.")
+              help="Resolve a node name as ONNX Runtime's profiler reports it (NAME or NAME@OP, OP being the "
+                   "profiled op_name) to its PyTorch module; repeatable.")
 @click.option("--nodes", "show_nodes", is_flag=True, help="List every node with its module.")
 @json_option
 def inspect_(onnx_file, names, show_nodes, as_json) -> None:
@@ -19,7 +20,7 @@ def inspect_(onnx_file, names, show_nodes, as_json) -> None:
     \b
     Examples:
       toolchain inspect resnet50.onnx
-      toolchain inspect resnet50.onnx --resolve relu_3_nchwc --resolve node_Conv_12_token_4
+      toolchain inspect resnet50.onnx --resolve relu_3_nchwc@Conv --resolve ReorderOutput
     """
     from toolchain.inspect import inspect_model
 
@@ -38,10 +39,11 @@ def inspect_(onnx_file, names, show_nodes, as_json) -> None:
             console.print(f"{kind}: " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in info[kind]))
         if info.get("resolved"):
             t = Table(title="Resolved names", title_justify="left")
-            for col in ("node", "module", "how"):
+            for col in ("node", "op", "module", "how"):
                 t.add_column(col)
             for r in info["resolved"]:
-                t.add_row(r["name"], r["module"] if r["module"] is not None else "[red]unresolved[/]", r["method"] or "")
+                module = "[red]unresolved[/]" if r["module"] is None else (r["module"] or "(the model itself)")
+                t.add_row(r["name"], r["op"] or "", module, r["method"] or "")
             console.print(t)
         if show_nodes:
             t = Table(title="Nodes", title_justify="left")
