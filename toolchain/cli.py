@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("toolchain.commands.models", "models", "List the built-in model catalogue."),
     "export": ("toolchain.commands.export", "export", "Export a PyTorch model to ONNX, checked against PyTorch."),
     "inspect": ("toolchain.commands.inspect", "inspect_", "Show an ONNX model's provenance, inputs and node-to-module map."),
+    "quantize": ("toolchain.commands.quantize", "quantize", "INT8-quantize an ONNX model and check that it pays off on the target."),
 }
 
 

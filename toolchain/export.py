@@ -16,11 +16,8 @@ Runtime, and only then moved into place.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,7 +29,7 @@ import numpy as np
 from toolchain import __version__
 from toolchain.errors import ParityError, ToolchainError
 from toolchain.errors import one_line as _one_line
-from toolchain.io import atomic_dir, check_output, commit_files
+from toolchain.io import atomic_dir, captured_output, check_output, commit_files
 from toolchain.models import WRAPPER_PREFIX, LoadedModel, export_module, make_inputs, run_torch
 
 log = logging.getLogger(__name__)
@@ -163,7 +160,7 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         # the exporters print progress and IR dumps; keep stdout for our own (--json) output
-        with _captured_output(), warnings.catch_warnings():
+        with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if opts.exporter == "torchscript":
                 dynamic_axes = {s.name: dict(s.dynamic_axes) for s in model.inputs}
@@ -188,32 +185,6 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
         cause = exc.__cause__ or exc
         raise ToolchainError(f"the {opts.exporter} exporter cannot export {model.source}: {_one_line(cause)}",
                              hint=f"try --exporter {other}") from None
-
-
-@contextlib.contextmanager
-def _captured_output():
-    """Silence stdout and stderr at the file-descriptor level (the TorchScript exporter prints IR dumps
-    from C++); what was printed is logged at debug level (`toolchain -vv`)."""
-    import sys
-    import tempfile
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            for fd in saved:
-                os.dup2(sink.fileno(), fd)
-            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
-                yield
-        finally:
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            printed = sink.read().decode(errors="replace") + out.getvalue() + err.getvalue()
-            if printed.strip():
-                log.debug("exporter output:\n%s", printed)
 
 
 def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool):
@@ -246,6 +217,8 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
     }
     if model.preprocessing:
         props["toolchain.preprocessing"] = json.dumps(model.preprocessing)
+    if model.model_dir and any((Path(model.model_dir) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        props["toolchain.tokenizer"] = str(Path(model.model_dir).resolve())  # for text calibration data
     set_metadata(onnx_model, props)
     onnx_model.doc_string = f"{model.description} -- exported by toolchain {__version__}"
     onnx.save(onnx_model, str(path))  # external tensors keep pointing at the data file beside it

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from toolchain.errors import ToolchainError
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -60,3 +67,26 @@ def commit_files(scratch: Path, final: Path) -> list[Path]:
         os.replace(f, dest)
         moved.append(dest)
     return moved
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Silence stdout and stderr at the file-descriptor level (the TorchScript exporter prints IR dumps
+    from C++, ORT's calibrators print progress); what was printed is logged at debug level (`-vv`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            printed = sink.read().decode(errors="replace") + out.getvalue() + err.getvalue()
+            if printed.strip():
+                log.debug("exporter output:\n%s", printed)

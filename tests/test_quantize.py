@@ -1,0 +1,139 @@
+"""INT8 quantization: configurations, metadata, accuracy guard, --auto decisions, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from toolchain import quantize as q
+from toolchain.cli import main
+from toolchain.data import DataOptions, load_dataset
+from toolchain.errors import ToolchainError
+from toolchain.nodemap import NodeModuleMap
+
+
+@pytest.fixture(scope="module")
+def mnist_data(mnist_cnn):
+    _, result = mnist_cnn
+    ds = load_dataset("builtin:mnist", result.path, DataOptions(samples=600))
+    return result.path, ds.take(0, 100), ds.take(100, None)
+
+
+def test_labels_name_the_configuration():
+    assert q.QuantConfig().label == "static QDQ U8S8 per-channel minmax"
+    assert q.QuantConfig(activations="int8", reduce_range=True).label == "static QDQ S8S8 per-channel minmax reduce-range"
+    assert q.QuantConfig(mode="dynamic").label == "dynamic S8 per-channel"
+    with pytest.raises(ToolchainError, match="calibration"):
+        q.QuantConfig(calibration="magic").validate()
+    assert set(q.PRESETS) == {"x86-vnni", "x86", "arm64", "gpu"}
+    assert q.PRESETS["gpu"].static.symmetric_activations and q.PRESETS["arm64"].static.activations == "int8"
+    with pytest.raises(ToolchainError, match="unknown quantization preset"):
+        q.preset("tpu")
+
+
+@pytest.mark.parametrize("config", [q.QuantConfig(), q.QuantConfig(activations="int8", calibration="percentile"),
+                                    q.QuantConfig(fmt="qoperator"), q.QuantConfig(calibration="entropy")])
+def test_static_quantization_keeps_accuracy_and_provenance(mnist_data, tmp_path, config):
+    fp32, calib, evaluation = mnist_data
+    result = q.quantize_model(fp32, tmp_path / "int8.onnx", config, calib, preset_name="x86")
+    assert result.size_ratio < 0.3  # int8 weights: about a quarter of the float32 bytes
+    model = onnx.load(result.path)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("QuantizeLinear" in ops) if config.fmt == "qdq" else ("QLinearConv" in ops)
+    meta = {p.key: p.value for p in model.metadata_props}
+    stamp = json.loads(meta[q.QUANT_KEY])
+    assert stamp["calibration"]["sha256"] == calib.sha256 and stamp["calibration"]["samples"] == 100
+    assert stamp["config"]["calibration"] == config.calibration and stamp["preset"] == "x86"
+    assert meta["toolchain.source"] == "mnist-cnn"  # the FP32 provenance travels along
+    assert NodeModuleMap.from_model(model) is not None
+    from toolchain.runtime import create_session
+
+    fids = q.fidelity(q.run_outputs(create_session(fp32), evaluation),
+                      q.run_outputs(create_session(result.path), evaluation), evaluation.labels, classifier=True)
+    assert fids.accuracy_fp32 > 0.97 and fids.accuracy_drop_points <= 1.0 and fids.agreement > 0.98
+
+
+def test_dynamic_quantization_of_a_transformer(tiny_bert, tmp_path):
+    loaded, result = tiny_bert
+    out = q.quantize_model(result.path, tmp_path / "dyn.onnx", q.QuantConfig(mode="dynamic"))
+    assert out.fused == "bert"  # ORT's transformer fusions ran first
+    ops = {n.op_type for n in onnx.load(out.path).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}
+
+
+def test_static_needs_calibration_and_refuses_to_overwrite(mnist_data, tmp_path):
+    fp32, calib, _ = mnist_data
+    with pytest.raises(ToolchainError, match="calibration"):
+        q.quantize_model(fp32, tmp_path / "a.onnx", q.QuantConfig(), None)
+    with pytest.raises(ToolchainError, match="refusing to overwrite the input"):
+        q.quantize_model(fp32, fp32, q.QuantConfig(), calib, force=True)
+    existing = tmp_path / "b.onnx"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(ToolchainError, match="--force"):
+        q.quantize_model(fp32, existing, q.QuantConfig(), calib)
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_sensitive_nodes_rank_real_nodes(mnist_data, tmp_path):
+    fp32, calib, _ = mnist_data
+    pre = tmp_path / "pre.onnx"
+    res = q.quantize_model(fp32, tmp_path / "i.onnx", q.QuantConfig(), calib, keep_preprocessed=pre)
+    ranking = q.sensitive_nodes(pre, res.path, calib.take(0, 16))
+    names = {n.name for n in onnx.load(str(pre)).graph.node}
+    assert ranking and all(name in names for name, _ in ranking)
+    scores = [s for _, s in ranking]
+    assert scores == sorted(scores)
+
+
+def test_guard_excludes_nodes_until_the_budget_holds(mnist_data, tmp_path):
+    fp32, calib, evaluation = mnist_data
+    # a budget of zero disagreement on cosine-free terms forces at least one fallback step
+    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", q.QuantConfig(), calib, evaluation.take(0, 200),
+                                     max_accuracy_drop=-1.0, group=1, max_steps=2, batches=(1,), runs=3)
+    assert result is None and not (tmp_path / "g.onnx").exists()  # an impossible budget writes nothing
+    assert len(steps) == 3 and [len(s.excluded) for s in steps] == [0, 1, 2]
+    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", q.QuantConfig(), calib, evaluation.take(0, 200),
+                                     max_accuracy_drop=5.0, batches=(1,), runs=3)
+    assert result is not None and steps[-1].meets_budget and (tmp_path / "g.onnx").exists()
+
+
+def test_auto_keeps_fp32_when_int8_does_not_pay(mnist_data, tmp_path, monkeypatch):
+    fp32, calib, evaluation = mnist_data
+    monkeypatch.setattr(q, "MIN_SPEEDUP", 1000.0)  # no INT8 model can be 1000x faster
+    result = q.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+                             batches=(1,), runs=3)
+    assert result.chosen is None and result.recommendation.startswith("keep FP32")
+    assert not (tmp_path / "auto.onnx").exists()
+    assert [c.label for c in result.candidates][0] == "FP32" and len(result.candidates) == 1 + 3
+
+
+def test_auto_ships_the_fastest_candidate_within_budget(mnist_data, tmp_path, monkeypatch):
+    fp32, calib, evaluation = mnist_data
+    monkeypatch.setattr(q, "MIN_SPEEDUP", 0.0)
+    result = q.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+                             batches=(1,), runs=3)
+    viable = [c for c in result.candidates[1:] if c.meets_budget]
+    best = max(viable, key=lambda c: q.geomean(list(c.speedup.values())))
+    assert result.chosen == best.label and (tmp_path / "auto.onnx").exists()
+
+
+def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
+    _, result = mnist_cnn
+    out = tmp_path / "m.int8.onnx"
+    run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
+                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "-o", str(out), "--json"])
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.output)
+    assert report["output"] == str(out) and [r["label"] for r in report["rows"]][0] == "FP32"
+    assert report["calibration"]["samples"] == 50 and report["evaluation"]["samples"] == 100
+    empty = tmp_path / "empty.npz"
+    import numpy as np
+
+    np.savez(empty, pixel_values=np.zeros((0, 1, 28, 28), np.float32))
+    for args, message in ((["--calib", str(empty)], "empty"), ([], "needs --calib"),
+                          (["--calib", "builtin:mnist", "--target", "tpu"], "unknown quantization preset")):
+        run = CliRunner().invoke(main, ["quantize", result.path, "-o", str(tmp_path / "x.onnx"), *args])
+        assert run.exit_code == 2 and message in run.output and run.output.count("\n") == 1, run.output

@@ -1,0 +1,125 @@
+"""toolchain quantize"""
+
+from __future__ import annotations
+
+import click
+
+from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, status
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated integers like 1,8") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: batch sizes must be positive")
+    return values
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the INT8 .onnx file.")
+@click.option("--calib", "calib", metavar="DATA",
+              help="Calibration data: an .npz of named inputs, a folder of images, a .txt file (one sample a line), "
+                   "builtin:mnist, builtin:drugreviews, or random (synthetic).")
+@click.option("--eval", "eval_", metavar="DATA", help="Held-out evaluation data (default: the samples of --calib after the calibration ones).")
+@click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True, help="Calibration samples.")
+@click.option("--eval-samples", type=click.IntRange(1), default=256, show_default=True, help="Evaluation samples.")
+@click.option("--target", "preset_name", metavar="PRESET",
+              help="Quantization preset of the target: x86-vnni, x86, arm64 or gpu (default: this machine's CPU).")
+@click.option("--auto", is_flag=True, help="Measure every candidate configuration of the preset here and keep the fastest "
+                                            "within the accuracy budget (or recommend keeping FP32).")
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), help="static (calibrated) or dynamic (int8 weights). "
+              "Default: the preset's (dynamic for transformers on CPU).")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), help="Activation type (default: the preset's).")
+@click.option("--weights", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True, help="Weight type.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on CPUs without VNNI).")
+@click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--max-accuracy-drop", type=click.FloatRange(0), help="Accuracy budget in points (top-1 disagreement "
+              "without labels); beyond it, the most sensitive nodes are kept in FP32, a group at a time.")
+@click.option("--min-cosine", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+              help="Budget for models without classes (embeddings): cosine against FP32.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to time FP32 against INT8.")
+@click.option("--runs", type=click.IntRange(3), default=20, show_default=True, help="Timed runs per model and batch size.")
+@click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True, help="Execution provider(s) to time on.")
+@click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
+@click.option("--tokenizer", type=click.Path(file_okay=False), help="Tokenizer directory for text data (default: the model's).")
+@click.option("--mean", help="Per-channel mean for images, e.g. 0.485,0.456,0.406 (default: the model's, else ImageNet).")
+@click.option("--std", help="Per-channel std for images (default: the model's, else ImageNet).")
+@click.option("--chunk", type=click.IntRange(1), help="Memory-bounded calibration: at most this many intermediate outputs at once.")
+@click.option("--no-fusion", is_flag=True, help="Skip ORT's transformer fusions before quantizing.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@json_option
+@click.pass_context
+def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, preset_name, auto, mode, fmt, activations,
+             weights, per_channel, reduce_range, calibration, max_accuracy_drop, min_cosine, batch_sizes, runs, providers,
+             seq_len, tokenizer, mean, std, chunk, no_fusion, force, as_json) -> None:
+    """Quantize an FP32 ONNX MODEL to INT8 with ONNX Runtime, and check that it pays off.
+
+    Static quantization runs ORT's quant_pre_process, then quantize_static with per-channel weights
+    (QDQ by default); dynamic quantization stores int8 weights. Transformer models (BERT, ViT, GPT-2)
+    get ORT's transformer fusions first. The INT8 model keeps the FP32 model's provenance and
+    node-to-module map and adds its own (calibration set hash, method, preset).
+
+    The report compares FP32 and INT8 on this machine: size, latency (interleaved runs, medians),
+    fidelity (top-1 agreement, cosine) and accuracy when the data has labels.
+
+    \b
+    Examples:
+      toolchain quantize mnist.onnx --calib builtin:mnist -o mnist.int8.onnx --max-accuracy-drop 0.3
+      toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
+      toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
+    """
+    from toolchain.quantize import run_quantize_command
+
+    options = dict(model=model, output=output, calib=calib, eval_=eval_, calib_samples=calib_samples,
+                   eval_samples=eval_samples, preset_name=preset_name, auto=auto, mode=mode, fmt=fmt,
+                   activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
+                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+                   batches=_ints(batch_sizes), runs=runs, providers=list(providers), seq_len=seq_len,
+                   tokenizer=tokenizer, mean=_floats(mean), std=_floats(std), chunk=chunk, fuse=not no_fusion,
+                   force=force)
+    with status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
+        report = run_quantize_command(**options)
+
+    def render(console) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(title=f"FP32 vs INT8 on {', '.join(providers)} (medians of {runs} interleaved runs)", title_justify="left")
+        batches = report["batches"]
+        columns = (["configuration", "size"] + [f"batch {b} ms" for b in batches] + [f"speed-up b{b}" for b in batches]
+                   + ["cosine", "top-1 agree", "accuracy", "budget"])
+        for col in columns:
+            t.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=col == "configuration")
+        for row in report["rows"]:
+            fid = row["fidelity"] or {}
+            acc = fid.get("accuracy_int8")
+            latency = row["latency"] or {}
+            t.add_row(escape(row["label"]), fmt_bytes(row["size_bytes"]) if row["size_bytes"] else "-",
+                      *[f"{latency[str(b)]['median_ms']:.2f}" if str(b) in latency else "-" for b in batches],
+                      *[f"{row['speedup'][str(b)]:.2f}x" for b in batches],
+                      f"{fid['cosine']:.5f}" if fid else "-",
+                      f"{fid['agreement']:.2%}" if fid and fid.get("agreement") is not None else "-",
+                      f"{acc:.2%}" if acc is not None else "-",
+                      "[green]ok[/]" if row["meets_budget"] else f"[red]{escape(row['reason'])}[/]")
+        console.print(t)
+        for note in report["notes"]:
+            console.print(f"  {escape(note)}")
+        console.print(("[green]✓[/] " if report["output"] else "[yellow]![/] ") + escape(report["recommendation"]))
+
+    emit(report, as_json, render)
+    if report["output"] is None and report.get("failed"):
+        ctx.exit(1)

@@ -1,0 +1,703 @@
+"""ONNX Runtime INT8 quantization with target presets, measured candidates and an accuracy guard.
+
+Calibration is separable from quantization (as in Optimum): :func:`load_dataset` gives the samples,
+:class:`QuantConfig` says how to quantize, :func:`quantize_model` writes one INT8 model, and
+:func:`evaluate` / :func:`auto_quantize` measure speed and fidelity on the target.
+
+Defaults decide whether INT8 pays off (see ``../shared/DESIGN.md``): U8S8 QDQ (uint8 activations, int8
+weights, per-channel) on x86, S8S8 on ARM and for TensorRT with symmetric activations, dynamic INT8 for
+transformers on CPU. Presets carry those defaults; ``--auto`` measures the candidates on the actual
+machine and keeps the fastest that meets the accuracy budget, or recommends keeping FP32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolchain import __version__
+from toolchain.data import Dataset, model_metadata
+from toolchain.errors import ToolchainError, one_line
+from toolchain.io import atomic_dir, captured_output, check_output, commit_files, sha256_file
+from toolchain.nodemap import set_metadata
+
+log = logging.getLogger(__name__)
+
+QUANT_KEY = "toolchain.quantization"
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# transformers model types ORT's transformer optimizer knows, keyed by config.model_type
+TRANSFORMER_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "vit": "vit", "gpt2": "gpt2"}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One INT8 configuration. ``mode``: ``static`` (calibrated activations) or ``dynamic`` (int8 weights,
+    activation ranges computed at run time). ``fmt``: ``qdq`` or ``qoperator``. ``activations`` and
+    ``weights``: ``uint8`` or ``int8``. ``exclude``: node names kept in FP32."""
+
+    mode: str = "static"
+    fmt: str = "qdq"
+    activations: str = "uint8"
+    weights: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``static QDQ U8S8 per-channel minmax`` or ``dynamic S8 per-channel``."""
+        a = "U8" if self.activations == "uint8" else "S8"
+        w = "S8" if self.weights == "int8" else "U8"
+        pc = "per-channel" if self.per_channel else "per-tensor"
+        if self.mode == "dynamic":
+            return f"dynamic {w} {pc}"
+        extras = [x for x, on in (("reduce-range", self.reduce_range), ("sym-act", self.symmetric_activations)) if on]
+        text = f"static {self.fmt.upper()} {a}{w} {pc} {self.calibration}"
+        text += "".join(f" {x}" for x in extras)
+        return text + (f" ({len(self.exclude)} nodes FP32)" if self.exclude else "")
+
+    def validate(self) -> None:
+        checks = [(self.mode in ("static", "dynamic"), f"mode must be static or dynamic, not {self.mode!r}"),
+                  (self.fmt in ("qdq", "qoperator"), f"format must be qdq or qoperator, not {self.fmt!r}"),
+                  (self.activations in ("uint8", "int8"), "activations must be uint8 or int8"),
+                  (self.weights in ("uint8", "int8"), "weights must be uint8 or int8"),
+                  (self.calibration in CALIBRATION_METHODS, f"calibration must be one of {', '.join(CALIBRATION_METHODS)}")]
+        for ok, message in checks:
+            if not ok:
+                raise ToolchainError(message)
+
+
+@dataclass(frozen=True)
+class QuantPreset:
+    """A target's quantization defaults: ``static`` for CNNs, ``transformer`` for transformer models,
+    and the ``candidates`` that ``--auto`` measures."""
+
+    name: str
+    description: str
+    static: QuantConfig
+    transformer: QuantConfig
+    candidates: tuple[QuantConfig, ...]
+
+
+_U8S8 = QuantConfig()
+_S8S8 = QuantConfig(activations="int8")
+_DYNAMIC = QuantConfig(mode="dynamic")
+PRESETS: dict[str, QuantPreset] = {p.name: p for p in (
+    QuantPreset("x86-vnni", "x86-64 CPU with AVX512-VNNI or AVX-VNNI (CPU EP)", _U8S8, _DYNAMIC,
+                (_U8S8, _S8S8, _DYNAMIC)),
+    QuantPreset("x86", "x86-64 CPU without VNNI (AVX2; CPU EP)", _U8S8, _DYNAMIC,
+                (_U8S8, replace(_U8S8, reduce_range=True), _S8S8, _DYNAMIC)),
+    QuantPreset("arm64", "ARM64 CPU with dot-product instructions (CPU EP)", _S8S8, _DYNAMIC, (_S8S8, _U8S8, _DYNAMIC)),
+    QuantPreset("gpu", "CUDA / TensorRT: symmetric int8 activations and weights (QDQ)",
+                replace(_S8S8, symmetric_activations=True), replace(_S8S8, symmetric_activations=True),
+                (replace(_S8S8, symmetric_activations=True),)),
+)}
+
+
+def host_preset() -> str:
+    """The preset for this machine's CPU: ``x86-vnni``, ``x86`` or ``arm64``."""
+    from toolchain.doctor import cpu_info
+
+    cpu = cpu_info()
+    if cpu.machine in ("aarch64", "arm64"):
+        return "arm64"
+    return "x86-vnni" if cpu.features.get("AVX512-VNNI") or cpu.features.get("AVX-VNNI") else "x86"
+
+
+def preset(name: str | None) -> QuantPreset:
+    """A preset by name (None: this machine's)."""
+    key = name or host_preset()
+    if key not in PRESETS:
+        raise ToolchainError(f"unknown quantization preset {key!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[key]
+
+
+def model_type(onnx_path: str | Path) -> str | None:
+    """The transformers ``model_type`` an exported model came from, when it is one ORT's transformer
+    optimizer knows (``bert``, ``vit``, ``gpt2``), else None."""
+    meta = model_metadata(onnx_path)
+    description = meta.get("toolchain.description", "")
+    first = description.split(" ", 1)[0].lower()
+    source = meta.get("toolchain.source", "")
+    known = {"minilm": "bert", "bert-base": "bert", "tiny-bert": "bert", "distilbert": "bert", "vit-small": "vit",
+             "gpt2": "gpt2"}
+    return known.get(source) or TRANSFORMER_TYPES.get(first)
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_model` wrote."""
+
+    path: str
+    config: dict[str, Any]
+    label: str
+    fused: str | None
+    calibration: dict[str, Any] | None
+    size_fp32_bytes: int
+    size_int8_bytes: int
+    seconds: float
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_int8_bytes / self.size_fp32_bytes
+
+
+class _Reader:
+    """An ORT ``CalibrationDataReader`` over a :class:`Dataset`, ``batch`` samples a call."""
+
+    def __init__(self, data: Dataset, batch: int):
+        self._batches = data.batches(batch)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self):  # ORT >= 1.17 may iterate
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _file_size(path: Path) -> int:
+    """Size of an ONNX file plus the external data files it references."""
+    import onnx
+
+    size = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return size + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
+
+
+def quantize_model(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None = None,
+                   *, calib_batch: int = 8, fuse: bool = True, force: bool = False, preset_name: str | None = None,
+                   chunk: int | None = None, keep_preprocessed: str | Path | None = None) -> QuantizeResult:
+    """Quantize the FP32 ONNX model at ``model_path`` to ``output``.
+
+    Static mode needs ``calibration`` (samples fed ``calib_batch`` at a time; ``chunk`` bounds how many
+    intermediate outputs MinMax calibration holds in memory). With ``fuse``, transformer models first
+    get ONNX Runtime's transformer fusions (attention, layer norm, GELU). ``keep_preprocessed`` receives
+    a copy of the FP32 graph that was quantized (node names to exclude refer to it). The output keeps the input's
+    metadata (provenance, node-to-module map) and adds ``toolchain.quantization``. Written atomically;
+    an existing output needs ``force``.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    config.validate()
+    src = Path(model_path)
+    if not src.is_file():
+        raise ToolchainError(f"{model_path}: no such ONNX file")
+    final = check_output(output, force=force, inputs=(str(src),))
+    if config.mode == "static" and (calibration is None or len(calibration) == 0):
+        raise ToolchainError("static quantization needs calibration data, and the calibration set is empty",
+                             hint="pass --calib DATA, or use --mode dynamic")
+    started = time.perf_counter()
+    kind = model_type(src) if fuse else None
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    with atomic_dir(final) as scratch:
+        with captured_output():  # ORT's quantizer and calibrators print progress on stdout
+            current = src
+            if kind:
+                current = _fuse_transformer(src, kind, scratch / "fused.onnx")
+            pre = scratch / "pre.onnx"
+            try:
+                quant_pre_process(str(current), str(pre), skip_symbolic_shape=kind is not None)
+            except Exception as exc:  # pre-processing helps, it is not required
+                log.warning("quant_pre_process failed (%s); quantizing the model as it is", one_line(exc))
+                shutil.copyfile(current, pre)
+            if keep_preprocessed:
+                shutil.copyfile(pre, keep_preprocessed)
+            out = scratch / final.name
+            try:
+                if config.mode == "dynamic":
+                    quantize_dynamic(str(pre), str(out), per_channel=config.per_channel, reduce_range=config.reduce_range,
+                                     weight_type=qtype[config.weights], nodes_to_exclude=list(config.exclude) or None,
+                                     extra_options={"MatMulConstBOnly": True})
+                else:
+                    extra: dict[str, Any] = {"ActivationSymmetric": config.symmetric_activations,
+                                             "WeightSymmetric": True}
+                    if config.calibration == "percentile":
+                        extra["CalibPercentile"] = config.percentile
+                    if chunk:
+                        extra["CalibMaxIntermediateOutputs"] = chunk
+                    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[config.calibration]
+                    # histogram calibrators stack per-batch arrays, so their batches must all have one size
+                    batch = calib_batch if config.calibration == "minmax" else 1
+                    quantize_static(str(pre), str(out), _Reader(calibration, batch),
+                                    quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
+                                    per_channel=config.per_channel, reduce_range=config.reduce_range,
+                                    activation_type=qtype[config.activations], weight_type=qtype[config.weights],
+                                    nodes_to_exclude=list(config.exclude) or None, calibrate_method=method,
+                                    extra_options=extra)
+            except ToolchainError:
+                raise
+            except Exception as exc:
+                raise ToolchainError(f"ONNX Runtime could not quantize {model_path} ({one_line(exc)})") from None
+        calib_info = None if calibration is None or config.mode == "dynamic" else {
+            "source": calibration.source, "samples": len(calibration), "sha256": calibration.sha256,
+            "synthetic": calibration.synthetic, "batch": calib_batch if config.calibration == "minmax" else 1}
+        _stamp(out, src, config, calib_info, kind, preset_name)
+        for leftover in ("pre.onnx", "fused.onnx"):
+            (scratch / leftover).unlink(missing_ok=True)
+        for extra_file in scratch.glob("*"):  # calibration scratch ORT may leave behind
+            if extra_file.name != final.name and not extra_file.name.startswith(final.name):
+                extra_file.unlink() if extra_file.is_file() else shutil.rmtree(extra_file)
+        commit_files(scratch, final)
+    return QuantizeResult(path=str(final), config=asdict(config), label=config.label, fused=kind,
+                          calibration=calib_info, size_fp32_bytes=_file_size(src), size_int8_bytes=_file_size(final),
+                          seconds=round(time.perf_counter() - started, 2))
+
+
+def _fuse_transformer(src: Path, kind: str, dest: Path) -> Path:
+    """ORT's transformer fusions (attention, skip layer norm, GELU) on the CPU, keeping metadata."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0)
+    except Exception as exc:
+        log.warning("transformer fusions failed (%s); quantizing without them", one_line(exc))
+        return src
+    model = optimized.model
+    original = onnx.load(str(src), load_external_data=False)
+    set_metadata(model, {p.key: p.value for p in original.metadata_props})
+    onnx.save(model, str(dest))
+    return dest
+
+
+def _stamp(path: Path, src: Path, config: QuantConfig, calibration: dict | None, fused: str | None,
+           preset_name: str | None) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    original = onnx.load(str(src), load_external_data=False)
+    props = {p.key: p.value for p in original.metadata_props}
+    import onnxruntime
+
+    props[QUANT_KEY] = json.dumps({
+        "config": asdict(config), "label": config.label, "preset": preset_name, "calibration": calibration,
+        "transformer_fusions": fused, "fp32_sha256": sha256_file(src), "onnxruntime": onnxruntime.__version__,
+        "toolchain": __version__}, sort_keys=True)
+    set_metadata(model, props)
+    onnx.save(model, str(path))
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class Fidelity:
+    """INT8 against FP32 on held-out samples: ``agreement`` is top-1 agreement of the first output's
+    last axis (classifiers), ``cosine`` the mean per-sample cosine of the first output (of mean-pooled
+    sentence embeddings for token-embedding outputs); ``accuracy_*`` are task accuracy in [0, 1] when
+    labels are given."""
+
+    samples: int
+    cosine: float
+    agreement: float | None
+    accuracy_fp32: float | None = None
+    accuracy_int8: float | None = None
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        if self.accuracy_fp32 is None or self.accuracy_int8 is None:
+            return None
+        return 100 * (self.accuracy_fp32 - self.accuracy_int8)
+
+
+def run_outputs(session, data: Dataset, batch: int = 32) -> np.ndarray:
+    """The first output of ``session`` over every sample of ``data``, concatenated on axis 0."""
+    return np.concatenate([session.run(None, b)[0] for b in data.batches(batch)])
+
+
+def _pooled(output: np.ndarray, data: Dataset) -> np.ndarray:
+    """Token embeddings (batch, seq, hidden) -> sentence embeddings: the mean over unmasked tokens,
+    as sentence-transformers pools MiniLM. Other outputs are returned as they are."""
+    mask = data.feeds.get("attention_mask")
+    if output.ndim != 3 or mask is None or mask.shape != output.shape[:2]:
+        return output
+    m = mask.astype(output.dtype)[..., None]
+    return (output * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, classifier: bool) -> Fidelity:
+    """Compare two stacks of outputs (sample axis first)."""
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = candidate.reshape(len(candidate), -1).astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = float(np.mean(np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), 1.0)))
+    agreement = acc_a = acc_b = None
+    if classifier:
+        pa, pb = reference.argmax(-1), candidate.argmax(-1)
+        agreement = float((pa == pb).mean())
+        if labels is not None:
+            acc_a, acc_b = float((pa == labels).mean()), float((pb == labels).mean())
+    return Fidelity(len(reference), cos, agreement, acc_a, acc_b)
+
+
+def is_classifier(onnx_path: str | Path) -> bool:
+    """True when the first output is (batch, classes) logits."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return len(model.graph.output[0].type.tensor_type.shape.dim) == 2
+
+
+@dataclass
+class Candidate:
+    """One measured configuration: latency at each batch size, its speed-up against FP32, fidelity."""
+
+    label: str
+    config: dict[str, Any] | None
+    latency: dict[int, dict[str, Any]]
+    speedup: dict[int, float]
+    fidelity: Fidelity | None
+    size_bytes: int
+    meets_budget: bool = True
+    reason: str = ""
+    path: str | None = None
+
+
+@dataclass
+class AutoResult:
+    """The outcome of :func:`auto_quantize`: every candidate (FP32 first) and the choice."""
+
+    candidates: list[Candidate]
+    chosen: str | None
+    recommendation: str
+    output: str | None = None
+    preset: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+MIN_SPEEDUP = 1.05  # below this geometric-mean speed-up, INT8 does not pay for its accuracy risk
+
+
+def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples (repeated when the set is smaller)."""
+    reps = -(-batch // len(data))
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in data.feeds.items()}
+
+
+def compare_models(paths: dict[str, str], evaluation: Dataset, *, batches: tuple[int, ...] = (1, 8),
+                   providers: list[str] | None = None, runs: int = 20, threads: int | None = None,
+                   reference: str | None = None) -> tuple[dict[str, dict[int, Any]], dict[str, Fidelity]]:
+    """Latency of every model at each batch size (interleaved runs, medians) and fidelity against
+    ``reference`` (default: the first model) on ``evaluation``."""
+    from toolchain.runtime import create_session
+    from toolchain.timing import interleaved
+
+    sessions = {name: create_session(p, providers, threads=threads) for name, p in paths.items()}
+    ref_name = reference or next(iter(paths))
+    classifier = is_classifier(paths[ref_name])
+    outputs = {name: _pooled(run_outputs(s, evaluation), evaluation) for name, s in sessions.items()}
+    fids = {name: fidelity(outputs[ref_name], out, evaluation.labels, classifier) for name, out in outputs.items()}
+    latency: dict[str, dict[int, Any]] = {name: {} for name in paths}
+    for batch in batches:
+        feeds = _feeds_for_batch(evaluation, batch)
+        stats = interleaved({name: (lambda s=s, f=feeds: s.run(None, f)) for name, s in sessions.items()},
+                            warmup=3, runs=runs)
+        for name, st in stats.items():
+            latency[name][batch] = st
+    return latency, fids
+
+
+def _within_budget(fid: Fidelity, max_drop_points: float, min_cosine: float) -> tuple[bool, str]:
+    if fid.accuracy_drop_points is not None:
+        ok = fid.accuracy_drop_points <= max_drop_points
+        return ok, "" if ok else f"accuracy drop {fid.accuracy_drop_points:.2f} points > {max_drop_points}"
+    if fid.agreement is not None:
+        ok = 100 * (1 - fid.agreement) <= max_drop_points
+        return ok, "" if ok else f"top-1 disagreement {100 * (1 - fid.agreement):.2f}% > {max_drop_points}"
+    ok = fid.cosine >= min_cosine
+    return ok, "" if ok else f"cosine {fid.cosine:.5f} < {min_cosine}"
+
+
+def geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values)))) if values else 0.0
+
+
+def auto_quantize(model_path: str | Path, output: str | Path, calibration: Dataset | None, evaluation: Dataset, *,
+                  preset_name: str | None = None, max_accuracy_drop: float = 1.0, min_cosine: float = 0.99,
+                  batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None, runs: int = 20,
+                  threads: int | None = None, force: bool = False, calib_batch: int = 8,
+                  workdir: str | Path | None = None) -> AutoResult:
+    """Quantize with every candidate of the preset, measure each against FP32 on the target, and write
+    the fastest one within the accuracy budget to ``output``; when none is at least
+    :data:`MIN_SPEEDUP` times faster than FP32, write nothing and recommend keeping FP32.
+
+    The budget is ``max_accuracy_drop`` points of task accuracy when ``evaluation`` has labels, else
+    that many percent of top-1 disagreement for classifiers, else ``min_cosine`` of the outputs.
+    """
+    import tempfile
+
+    chosen_preset = preset(preset_name)
+    check_output(output, force=force, inputs=(str(model_path),))
+    transformer = model_type(model_path) is not None
+    configs = [c for c in chosen_preset.candidates if c.mode == "static" or transformer]
+    if calibration is None or len(calibration) == 0:
+        configs = [c for c in configs if c.mode == "dynamic"]
+        if not configs:
+            raise ToolchainError("--auto needs calibration data for static candidates", hint="pass --calib DATA")
+    notes = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        paths = {"FP32": str(model_path)}
+        results: dict[str, QuantizeResult] = {}
+        for i, cfg in enumerate(configs):
+            res = quantize_model(model_path, Path(tmp) / f"candidate{i}.onnx", cfg, calibration, force=True,
+                                 calib_batch=calib_batch, preset_name=chosen_preset.name)
+            paths[cfg.label] = res.path
+            results[cfg.label] = res
+        latency, fids = compare_models(paths, evaluation, batches=batches, providers=providers, runs=runs,
+                                       threads=threads)
+        candidates = []
+        for label, path in paths.items():
+            speedup = {b: latency["FP32"][b].median_ms / latency[label][b].median_ms for b in batches}
+            ok, reason = _within_budget(fids[label], max_accuracy_drop, min_cosine)
+            candidates.append(Candidate(label=label, config=results[label].config if label in results else None,
+                                        latency={b: latency[label][b].to_dict() for b in batches}, speedup=speedup,
+                                        fidelity=fids[label], size_bytes=_file_size(Path(path)),
+                                        meets_budget=ok, reason=reason, path=None))
+        viable = [c for c in candidates[1:] if c.meets_budget]
+        best = max(viable, key=lambda c: geomean(list(c.speedup.values())), default=None)
+        if best is None or geomean(list(best.speedup.values())) < MIN_SPEEDUP:
+            why = ("no INT8 configuration stays within the accuracy budget" if best is None else
+                   f"the fastest INT8 configuration within budget ({best.label}) is only "
+                   f"{geomean(list(best.speedup.values())):.2f}x FP32 speed (geometric mean over batch sizes)")
+            return AutoResult(candidates, None, f"keep FP32: {why}", None, chosen_preset.name, notes)
+        final = check_output(output, force=force, inputs=(str(model_path),))
+        with atomic_dir(final) as scratch:
+            shutil.copyfile(paths[best.label], scratch / final.name)
+            commit_files(scratch, final)
+        best.path = str(final)
+        rec = f"ship {best.label}: {geomean(list(best.speedup.values())):.2f}x FP32 speed within the accuracy budget"
+        return AutoResult(candidates, best.label, rec, str(final), chosen_preset.name, notes)
+
+
+@dataclass
+class GuardStep:
+    """One fallback step of :func:`guard_accuracy`: the nodes kept in FP32 so far, the fidelity that
+    gave, and the INT8 latency against FP32 (median milliseconds at each batch size)."""
+
+    excluded: list[str]
+    fidelity: Fidelity
+    speedup: dict[int, float]
+    meets_budget: bool
+    reason: str
+    latency: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fp32_latency: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fp32_fidelity: Fidelity | None = None
+
+
+def sensitive_nodes(fp32_preprocessed: str | Path, qdq_path: str | Path, data: Dataset, batch: int = 8) -> list[tuple[str, float]]:
+    """Nodes of the FP32 graph ranked from most to least damaged by quantization: ORT's
+    ``qdq_loss_debug`` compares each activation of the QDQ model with the FP32 one; the score is the
+    signal-to-quantization-noise ratio in dB (lower is worse), attributed to the node producing it."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        aug_fp32, aug_qdq = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(fp32_preprocessed), str(aug_fp32))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
+        with captured_output():
+            fp32_acts = collect_activations(str(aug_fp32), _Reader(data, batch))
+            qdq_acts = collect_activations(str(aug_qdq), _Reader(data, batch))
+    errors = compute_activation_error(create_activation_matching(qdq_acts, fp32_acts))
+    producer = {t: n.name for n in onnx.load(str(fp32_preprocessed), load_external_data=False).graph.node
+                for t in n.output}
+    ranked: dict[str, float] = {}
+    for tensor, err in errors.items():
+        score = err.get("xmodel_err")
+        node = producer.get(tensor)
+        if node is not None and score is not None and np.isfinite(score):
+            ranked[node] = min(score, ranked.get(node, float("inf")))
+    return sorted(ranked.items(), key=lambda kv: kv[1])
+
+
+def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset,
+                   evaluation: Dataset, *, max_accuracy_drop: float, min_cosine: float = 0.99, group: int = 2,
+                   max_steps: int = 6, batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None,
+                   runs: int = 10, force: bool = False, preset_name: str | None = None
+                   ) -> tuple[QuantizeResult | None, list[GuardStep]]:
+    """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the ``group``
+    most quantization-sensitive nodes (see :func:`sensitive_nodes`) in FP32 and quantize again, up to
+    ``max_steps`` times. Every step is measured (fidelity, and latency against FP32) and returned.
+    ``output`` is written only when a step meets the budget; otherwise the result is None."""
+    import tempfile
+
+    if config.mode != "static":
+        raise ToolchainError("the accuracy guard works on static quantization; use --mode static")
+    check_output(output, force=force, inputs=(str(model_path),))
+    steps: list[GuardStep] = []
+    excluded: list[str] = list(config.exclude)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "fp32-pre.onnx"
+        ranking: list[tuple[str, float]] | None = None
+        for step in range(max_steps + 1):
+            cfg = replace(config, exclude=tuple(excluded))
+            candidate = Path(tmp) / f"step{step}.onnx"
+            result = quantize_model(model_path, candidate, cfg, calibration, force=True, preset_name=preset_name,
+                                    keep_preprocessed=pre)
+            latency, fids = compare_models({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
+                                           batches=batches, providers=providers, runs=runs)
+            ok, reason = _within_budget(fids["INT8"], max_accuracy_drop, min_cosine)
+            speedup = {b: latency["FP32"][b].median_ms / latency["INT8"][b].median_ms for b in batches}
+            steps.append(GuardStep(list(excluded), fids["INT8"], speedup, ok, reason,
+                                   {b: latency["INT8"][b].to_dict() for b in batches},
+                                   {b: latency["FP32"][b].to_dict() for b in batches}, fids["FP32"]))
+            if ok or step == max_steps:
+                break
+            if ranking is None:
+                ranking = sensitive_nodes(pre, candidate, calibration.take(0, min(len(calibration), 32)))
+            remaining = [n for n, _ in ranking if n not in excluded]
+            if not remaining:
+                break
+            excluded += remaining[:group]
+        if not steps[-1].meets_budget:
+            return None, steps
+        final = check_output(output, force=force, inputs=(str(model_path),))
+        with atomic_dir(final) as scratch:
+            shutil.copyfile(candidate, scratch / final.name)
+            commit_files(scratch, final)
+    result.path = str(final)
+    result.size_int8_bytes = _file_size(final)
+    return result, steps
+
+
+def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: str | None, calib_samples: int,
+                         eval_samples: int, preset_name: str | None, auto: bool, mode: str | None, fmt: str,
+                         activations: str | None, weights: str, per_channel: bool, reduce_range: bool,
+                         calibration: str, max_accuracy_drop: float | None, min_cosine: float,
+                         batches: tuple[int, ...], runs: int, providers: list[str], seq_len: int,
+                         tokenizer: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                         chunk: int | None, fuse: bool, force: bool) -> dict[str, Any]:
+    """What ``toolchain quantize`` does, as data: load the data, quantize (plain, guarded or ``auto``),
+    measure FP32 against INT8, and return a JSON-ready report (``rows``: one per model measured)."""
+    from toolchain.data import DataOptions, load_dataset
+
+    if not Path(model).is_file():
+        raise ToolchainError(f"{model}: no such ONNX file")
+    check_output(output, force=force, inputs=(model,))
+    chosen = preset(preset_name)
+    transformer = model_type(model) is not None
+    base = chosen.transformer if transformer else chosen.static
+    config = replace(base, mode=mode or base.mode, fmt=fmt, activations=activations or base.activations,
+                     weights=weights, per_channel=per_channel, reduce_range=reduce_range or base.reduce_range,
+                     calibration=calibration)
+    opts = DataOptions(seq_len=seq_len, tokenizer=tokenizer, mean=mean, std=std)
+    needs_calib = auto or config.mode == "static"
+    calib_set = eval_set = None
+    if calib:
+        pool = load_dataset(calib, model, replace(opts, samples=calib_samples + (0 if eval_ else eval_samples)))
+        calib_set = pool.take(0, calib_samples)
+        if not eval_ and len(pool) > calib_samples:
+            eval_set = pool.take(calib_samples, None)
+    elif needs_calib and not auto:
+        raise ToolchainError("static quantization needs --calib DATA", hint="or use --mode dynamic")
+    if eval_:
+        eval_set = load_dataset(eval_, model, replace(opts, samples=eval_samples))
+    notes = []
+    if eval_set is None:
+        eval_set = calib_set if calib_set is not None else load_dataset("random", model, replace(opts, samples=16))
+        notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass --eval DATA")
+    if eval_set.synthetic:
+        notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
+    budget = max_accuracy_drop if max_accuracy_drop is not None else 1.0
+
+    report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
+                              "providers": providers, "notes": notes, "failed": False,
+                              "calibration": None if calib_set is None else {"source": calib_set.source,
+                                                                              "samples": len(calib_set),
+                                                                              "sha256": calib_set.sha256},
+                              "evaluation": {"source": eval_set.source, "samples": len(eval_set)}}
+    if auto:
+        result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
+                               min_cosine=min_cosine, batches=batches, providers=providers, runs=runs, force=force)
+        report["rows"] = [_row(c.label, c.config, c.latency, c.speedup, c.fidelity, c.size_bytes, c.meets_budget, c.reason)
+                          for c in result.candidates]
+        report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
+        return report
+    if max_accuracy_drop is not None and config.mode == "static":
+        result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
+                                       min_cosine=min_cosine, batches=batches, providers=providers, runs=runs,
+                                       force=force, preset_name=chosen.name)
+        fp32_size = _file_size(Path(model))
+        first = steps[0]
+        report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
+                               fp32_size, True, "")]
+        for step in steps:
+            label = config.label + (f" ({len(step.excluded)} nodes FP32)" if step.excluded else "")
+            report["rows"].append(_row(label, None, step.latency, step.speedup, step.fidelity, None,
+                                       step.meets_budget, step.reason))
+        report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget} for s in steps]
+        if result is None:
+            report.update(failed=True, recommendation=f"the accuracy budget of {budget} points was not met even with "
+                          f"{len(steps[-1].excluded)} nodes kept in FP32; nothing written")
+            return report
+        if steps[-1].excluded:
+            notes.append("kept in FP32: " + ", ".join(steps[-1].excluded))
+        report.update(output=result.path, chosen=result.label, recommendation=f"wrote {result.path}",
+                      quantization=asdict(result))
+        return _fill_sizes(report, result)
+    result = quantize_model(model, output, config, calib_set, force=force, preset_name=chosen.name, fuse=fuse, chunk=chunk)
+    latency, fids = compare_models({"FP32": model, config.label: result.path}, eval_set, batches=batches,
+                                   providers=providers, runs=runs)
+    rows = []
+    for label, size in (("FP32", result.size_fp32_bytes), (config.label, result.size_int8_bytes)):
+        speedup = {b: latency["FP32"][b].median_ms / latency[label][b].median_ms for b in batches}
+        ok, reason = _within_budget(fids[label], budget, min_cosine)
+        rows.append(_row(label, None, {b: latency[label][b].to_dict() for b in batches}, speedup, fids[label], size,
+                         ok, reason))
+    report["rows"] = rows
+    gm = geomean(list(rows[1]["speedup"].values()))
+    verdict = (f"INT8 runs {gm:.2f}x FP32 speed here" if gm >= MIN_SPEEDUP else
+               f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try --auto)")
+    report.update(output=result.path, chosen=config.label, recommendation=f"wrote {result.path}; {verdict}",
+                  quantization=asdict(result))
+    return report
+
+
+def _row(label, config, latency, speedup, fid, size, ok, reason) -> dict[str, Any]:
+    return {"label": label, "config": config,
+            "latency": {str(b): v for b, v in latency.items()} if latency else None,
+            "speedup": {str(b): v for b, v in speedup.items()},
+            "fidelity": asdict(fid) if fid else None, "size_bytes": size, "meets_budget": ok, "reason": reason}
+
+
+def _fill_sizes(report: dict[str, Any], result: QuantizeResult) -> dict[str, Any]:
+    report["rows"][-1]["size_bytes"] = result.size_int8_bytes  # the step that was written
+    return report
