@@ -144,3 +144,57 @@ def test_cli_export_json(tmp_path):
     data = json.loads(result.output)
     assert data["path"] == str(out) and data["mapped_nodes"] == data["nodes"]
     assert [p["passed"] for p in data["parity"]] == [True, True]
+
+
+def test_force_never_overwrites_the_model_inputs(tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text(FACTORY)
+    weights = tmp_path / "w.pt"
+    import torch
+
+    torch.save(load_model(f"{src}:make", input_shapes=["1x3x8x8"]).module.state_dict(), weights)
+    for target in (src, weights):
+        before = target.read_bytes()
+        run = CliRunner().invoke(main, ["export", f"{src}:make", "--weights", str(weights), "--input-shape",
+                                        "1x3x8x8", "-o", str(target), "--force"])
+        assert run.exit_code == 2 and target.read_bytes() == before, run.output
+    hf = tmp_path / "hf"
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(hf)
+    inside = next(hf.glob("*.safetensors"))
+    before = inside.read_bytes()
+    loaded = load_model(str(hf))
+    with pytest.raises(ToolchainError, match="refusing to overwrite an input"):
+        export_model(loaded, hf / "model.onnx", ExportOptions(force=True))
+    assert inside.read_bytes() == before
+
+
+def test_output_must_be_onnx_and_weights_need_a_factory(tmp_path):
+    run = CliRunner().invoke(main, ["export", "tiny-resnet", "-o", str(tmp_path / "m.json")])
+    assert run.exit_code == 2 and "must end in .onnx" in run.output
+    run = CliRunner().invoke(main, ["export", "tiny-resnet", "--weights", str(tmp_path / "w.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert run.exit_code == 2 and "--weights goes with a module:factory" in run.output
+    existing_data = tmp_path / "n.onnx.data"
+    existing_data.write_bytes(b"precious")
+    run = CliRunner().invoke(main, ["export", "tiny-resnet", "-o", str(tmp_path / "n.onnx")])
+    assert run.exit_code == 2 and existing_data.read_bytes() == b"precious"
+
+
+def test_integer_inputs_of_user_models_keep_their_shape(tmp_path):
+    src = tmp_path / "emb.py"
+    src.write_text("import torch\nclass E(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                   "        self.emb = torch.nn.Embedding(100, 4)\n        self.head = torch.nn.Linear(32, 2)\n"
+                   "    def forward(self, ids):\n        return self.head(self.emb(ids).flatten(1))\n"
+                   "def make():\n    return E()\n")
+    loaded = load_model(f"{src}:make", input_shapes=["ids:1x8:int64:100"])
+    result = export_model(loaded, tmp_path / "e.onnx")
+    assert all(p.passed for p in result.parity)
+
+
+def test_inspect_rejects_empty_files(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    run = CliRunner().invoke(main, ["inspect", str(empty)])
+    assert run.exit_code == 2 and "not an ONNX model" in run.output

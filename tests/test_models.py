@@ -48,7 +48,8 @@ def test_parse_input_spec_forms():
     spec = parse_input_spec("ids:2x128:int64")
     assert (spec.name, spec.shape, spec.dtype, spec.role) == ("ids", (2, 128), "int64", "ids")
     assert parse_input_spec("x:1,3,8,8").name == "x"
-    for bad in ("1x0x3", "axb", "x:1x3:complex64", "a:b:c:d"):
+    assert parse_input_spec("ids:1x8:int64:30522").high == 30522
+    for bad in ("1x0x3", "axb", "x:1x3:complex64", "a:b:c:d:e", "x:1x3:float32:5"):
         with pytest.raises(ToolchainError):
             parse_input_spec(bad)
 

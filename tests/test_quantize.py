@@ -68,7 +68,7 @@ def test_static_needs_calibration_and_refuses_to_overwrite(mnist_data, tmp_path)
     fp32, calib, _ = mnist_data
     with pytest.raises(ToolchainError, match="calibration"):
         q.quantize_model(fp32, tmp_path / "a.onnx", q.QuantConfig(), None)
-    with pytest.raises(ToolchainError, match="refusing to overwrite the input"):
+    with pytest.raises(ToolchainError, match="refusing to overwrite an input"):
         q.quantize_model(fp32, fp32, q.QuantConfig(), calib, force=True)
     existing = tmp_path / "b.onnx"
     existing.write_bytes(b"keep me")

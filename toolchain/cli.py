@@ -63,6 +63,19 @@ def _fail(message: str, code: int, ctx: click.Context) -> None:
     ctx.exit(code)
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so scratch files are cleaned up."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. the CLI driven from a test runner's worker)
+        pass
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="toolchain")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr; -v also shows tracebacks of internal errors.")
@@ -81,6 +94,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       toolchain export minilm -o m.onnx      export and check against PyTorch
     """
     ctx.ensure_object(dict)
+    _terminate_like_interrupt()
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,10 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
     """
     import torch
 
-    opts = options or ExportOptions()
+    opts = replace(options) if options else ExportOptions()  # a copy: the opset actually written is recorded in it
     if opts.exporter not in EXPORTERS:
         raise ToolchainError(f"unknown exporter {opts.exporter!r}; choose {' or '.join(EXPORTERS)}")
-    inputs_on_disk = tuple(p for p in (model.source, model.model_dir) if p)
+    inputs_on_disk = tuple(p for p in (*model.input_paths, model.model_dir) if p)
     final = check_output(output, force=opts.force, inputs=inputs_on_disk)
     started = time.perf_counter()
 
@@ -136,10 +136,11 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
             bad = [p for p in parity if not p.passed]
             if bad:
                 p = bad[0]
-                raise ParityError(
-                    f"ONNX output differs from PyTorch at batch {p.batch}: max abs error {p.max_abs_error:.3g}, "
-                    f"cosine {p.cosine:.6f} (need >= {opts.min_cosine})",
-                    hint="try --exporter torchscript, another --opset, or loosen --min-cosine")
+                other = "torchscript" if opts.exporter == "dynamo" else "dynamo"
+                criterion = (f"cosine {p.cosine:.7f} < {opts.min_cosine}" if p.cosine < opts.min_cosine else
+                             f"max abs error {p.max_abs_error:.3g} > {opts.rel_tolerance} x max(1, max|output|)")
+                raise ParityError(f"ONNX output differs from PyTorch at batch {p.batch}: {criterion}",
+                                  hint=f"try --exporter {other}, another --opset, or loosen --min-cosine")
         extra = [f.name for f in scratch.iterdir() if f.name != final.name]
         commit_files(scratch, final)
 
@@ -164,7 +165,9 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
             warnings.simplefilter("ignore")
             if opts.exporter == "torchscript":
                 dynamic_axes = {s.name: dict(s.dynamic_axes) for s in model.inputs}
-                dynamic_axes.update({o: {0: "batch"} for o in model.output_names})
+                per_token = model.task in ("feature-extraction", "causal-lm", "masked-lm") and model.is_text
+                dynamic_axes.update({o: {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+                                     for o in model.output_names})
                 torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names,
                                   output_names=model.output_names, dynamic_axes=dynamic_axes,
                                   opset_version=opts.opset, do_constant_folding=True,
@@ -198,7 +201,15 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
     except Exception as exc:  # shape inference is a help, not a requirement
         log.warning("shape inference failed: %s", _one_line(exc))
+    if external and opts.exporter == "torchscript" and not any(
+            t.external_data for t in onnx.load(str(path), load_external_data=False).graph.initializer):
+        full = onnx.load(str(path))  # the TorchScript exporter writes external data only past 2 GB
+        onnx.save(full, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
     onnx_model = onnx.load(str(path), load_external_data=False)
+    actual_opset = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), opts.opset)
+    if actual_opset != opts.opset:
+        log.warning("the %s exporter wrote opset %d (asked for %d)", opts.exporter, actual_opset, opts.opset)
+        opts.opset = actual_opset
     node_map = build_node_map(onnx_model, wrapper, args, opts.exporter, strip_prefix=WRAPPER_PREFIX)
     attach(onnx_model, node_map)
     settings = {"exporter": opts.exporter, "opset": opts.opset, "torch": torch.__version__,
@@ -239,8 +250,17 @@ def check_parity(model: LoadedModel, onnx_path: str | Path, opts: ExportOptions)
     results = []
     for i, batch in enumerate(opts.parity_batches):
         feeds = make_inputs(model, batch=batch, seq_len=seq, seed=100 + i)
-        ref = run_torch(model, feeds)
-        got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        try:
+            ref = run_torch(model, feeds)
+        except Exception as exc:
+            raise ToolchainError(f"PyTorch fails on the parity inputs {shapes}: {_one_line(exc)}",
+                                 hint="a smaller --seq-len, or --no-parity") from None
+        try:
+            got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+        except Exception as exc:
+            raise ParityError(f"ONNX Runtime fails on inputs {shapes} that PyTorch accepts: {_one_line(exc)}",
+                              hint="an axis may not have been exported as dynamic") from None
         worst_err, worst_cos, ok = 0.0, 1.0, True
         for r, g in zip(ref, got, strict=True):
             if r.shape != g.shape:

@@ -23,13 +23,22 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     provenance = read_provenance(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
-        node_map = NodeModuleMap.from_model(model)
     except Exception as exc:
         raise ToolchainError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
+    if not model.graph.node or not model.opset_import:
+        raise ToolchainError(f"{path}: not an ONNX model (no graph or no opset)")
+    try:
+        node_map = NodeModuleMap.from_model(model)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ToolchainError(f"{path}: its node-to-module map is corrupt ({one_line(exc)})",
+                             hint="export the model again") from None
 
     def io(values) -> list[dict[str, Any]]:
         out = []
         for v in values:
+            if not v.type.HasField("tensor_type") or not v.type.tensor_type.elem_type:
+                out.append({"name": v.name, "shape": None, "dtype": v.type.WhichOneof("value") or "unknown"})
+                continue
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
             out.append({"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
@@ -73,4 +82,4 @@ def _cpu_optimized_graph(path: str | Path):
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         create_session(path, ["cpu"], optimized_model_path=str(optimized))
-        return OptimizedGraph.from_model(onnx.load(str(optimized)))
+        return OptimizedGraph.from_model(onnx.load(str(optimized), load_external_data=False))

@@ -28,18 +28,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Refuse to overwrite an input, or an existing output without ``force``; return the resolved path."""
+def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | os.PathLike, ...] = (),
+                 suffix: str | None = ".onnx") -> Path:
+    """Refuse to overwrite an input (even with ``force``: a directory input protects every file in it,
+    and ONNX outputs also protect their ``.data`` sibling), or an existing output without ``force``;
+    return the resolved path."""
     out = Path(output).expanduser().resolve()
+    if suffix and out.suffix != suffix:
+        raise ToolchainError(f"{output}: the output must end in {suffix}")
+    targets = [out] + ([out.with_name(out.name + ".data")] if suffix == ".onnx" else [])
     for inp in inputs:
-        if inp and Path(inp).expanduser().resolve() == out:
-            raise ToolchainError(f"{output}: refusing to overwrite the input; choose another -o")
-    if out.exists() and not force:
-        raise ToolchainError(f"{output} already exists", hint="pass --force to overwrite it")
+        if not inp:
+            continue
+        src = Path(inp).expanduser().resolve()
+        if any(t == src or (src.is_dir() and src in t.parents) for t in targets):
+            raise ToolchainError(f"{output}: refusing to overwrite an input ({inp}); choose another -o")
+    for target in targets:
+        if target.exists() and not force:
+            raise ToolchainError(f"{target} already exists", hint="pass --force to overwrite it")
     if out.is_dir():
         raise ToolchainError(f"{output} is a directory; -o takes a file path")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise ToolchainError(f"{out.parent}: output directory does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ToolchainError(f"{out.parent}: output directory is not writable")
     return out
 
 
@@ -47,14 +59,31 @@ def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | 
 def atomic_dir(final: Path) -> Iterator[Path]:
     """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
     The directory is removed however the block exits, so an interruption leaves nothing half-written."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed run
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
     if scratch.exists():
         shutil.rmtree(scratch)
-    scratch.mkdir()
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise ToolchainError(f"{final.parent}: cannot write there ({exc.strerror})") from None
     try:
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def commit_files(scratch: Path, final: Path) -> list[Path]:

@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class LoadedModel:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     model_dir: str | None = None
+    input_paths: list[str] = field(default_factory=list)  # files the model was read from: never overwritten
 
     @property
     def is_text(self) -> bool:
@@ -102,23 +104,30 @@ def parse_dims(text: str) -> tuple[int, ...]:
 
 
 def parse_input_spec(text: str, index: int = 0) -> InputSpec:
-    """Parse ``[NAME:]DIMS[:DTYPE]``, e.g. ``1x3x224x224``, ``x:1x3x32x32`` or ``ids:1x128:int64``."""
+    """Parse ``[NAME:]DIMS[:DTYPE[:HIGH]]``, e.g. ``1x3x224x224``, ``x:1x3x32x32`` or ``ids:1x128:int64:30522``.
+
+    Random integer inputs are drawn from ``[0, HIGH)``; HIGH defaults to 2 (valid for any embedding or
+    mask), so give the vocabulary size for token ids."""
     parts = text.split(":")
+    default_name = f"input_{index}" if index else "input"
     if len(parts) == 1:
-        name, dims, dtype = f"input_{index}" if index else "input", parts[0], "float32"
-    elif len(parts) == 2:
-        if re.fullmatch(r"\d[0-9x,]*", parts[0]):
-            name, dims, dtype = f"input_{index}" if index else "input", parts[0], parts[1]
-        else:
-            name, dims, dtype = parts[0], parts[1], "float32"
-    elif len(parts) == 3:
-        name, dims, dtype = parts
+        name, dims, rest = default_name, parts[0], []
+    elif re.fullmatch(r"\d[0-9x,]*", parts[0]):
+        name, dims, rest = default_name, parts[0], parts[1:]
     else:
-        raise ToolchainError(f"bad input spec {text!r}: expected [NAME:]DIMS[:DTYPE], e.g. x:1x3x224x224:float32")
+        name, dims, rest = parts[0], parts[1], parts[2:]
+    if len(rest) > 2:
+        raise ToolchainError(f"bad input spec {text!r}: expected [NAME:]DIMS[:DTYPE[:HIGH]], e.g. ids:1x128:int64:30522")
+    dtype = rest[0] if rest else "float32"
     if dtype not in ("float32", "float16", "int64", "int32", "bool"):
         raise ToolchainError(f"bad input spec {text!r}: dtype must be float32, float16, int64, int32 or bool")
+    high = 2
+    if len(rest) == 2:
+        if not rest[1].isdigit() or int(rest[1]) < 1 or dtype not in ("int64", "int32"):
+            raise ToolchainError(f"bad input spec {text!r}: HIGH is a positive integer bound for int inputs")
+        high = int(rest[1])
     role = "ids" if dtype in ("int64", "int32") else "tensor"
-    return InputSpec(name=name, shape=parse_dims(dims), dtype=dtype, role=role, high=1000 if role == "ids" else 2)
+    return InputSpec(name=name, shape=parse_dims(dims), dtype=dtype, role=role, high=high)
 
 
 def make_inputs(model: LoadedModel, batch: int | None = None, seq_len: int | None = None,
@@ -137,7 +146,7 @@ def make_inputs(model: LoadedModel, batch: int | None = None, seq_len: int | Non
         shape = list(spec.shape)
         if batch is not None:
             shape[0] = batch
-        if seq_len is not None and spec.role in ("ids", "mask", "type_ids") and len(shape) > 1:
+        if seq_len is not None and spec.dynamic_axes.get(1) == "sequence" and len(shape) > 1:
             shape[1] = seq_len
         dtype = getattr(torch, spec.dtype)
         if spec.role == "ids":
@@ -446,9 +455,11 @@ def _load_hf_dir(path: Path, task: str) -> LoadedModel:
         raise ToolchainError(f"{path}: cannot load as {task} ({_one_line(exc)})",
                              hint="pick another --task") from None
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    return _hf_loaded(module, config, task, source=str(path), kind="pretrained",
-                      description=f"{config.model_type} model from {path} ({task})",
-                      source_hash=_sha256_files(weights), model_dir=str(path))
+    loaded = _hf_loaded(module, config, task, source=str(path), kind="pretrained",
+                        description=f"{config.model_type} model from {path} ({task})",
+                        source_hash=_sha256_files(weights), model_dir=str(path))
+    loaded.input_paths = [str(path)]
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,15 +476,18 @@ def _load_factory(spec: str, weights: str | None, input_specs: list[InputSpec], 
             raise ToolchainError(f"{target}: no such file")
         mod_spec = importlib.util.spec_from_file_location(f"toolchain_user_{file.stem}", file)
         module = importlib.util.module_from_spec(mod_spec)
+        sys.path.insert(0, str(file.resolve().parent))  # so the file can import its neighbours
         try:
             mod_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ToolchainError(f"{target}: failed to import ({_one_line(exc)})") from None
         code_hash = _sha256_file(file)
     else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # `pkg.mod:factory` from the current directory, as python -m does
         try:
             module = importlib.import_module(target)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ToolchainError(f"cannot import module {target!r} ({_one_line(exc)})",
                                  hint="is it on PYTHONPATH? a file path must end in .py") from None
         code_hash = _sha256_file(Path(module.__file__)) if getattr(module, "__file__", None) else _sha256_text(target)
@@ -482,7 +496,7 @@ def _load_factory(spec: str, weights: str | None, input_specs: list[InputSpec], 
         raise ToolchainError(f"{target} has no callable {attr!r}")
     try:
         net = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ToolchainError(f"{spec}: the factory raised {_one_line(exc)}") from None
     if not isinstance(net, nn.Module):
         raise ToolchainError(f"{spec}: the factory returned {type(net).__name__}, not a torch.nn.Module")
@@ -494,8 +508,10 @@ def _load_factory(spec: str, weights: str | None, input_specs: list[InputSpec], 
         except RuntimeError as exc:
             raise ToolchainError(f"{weights}: state_dict does not fit {spec} ({_one_line(exc)})") from None
         digest_parts.append(_sha256_file(Path(weights)))
-    return _user_loaded(net, spec, input_specs, _sha256_text("|".join(digest_parts)),
-                        f"{type(net).__name__} from {spec}" + (f" with weights {weights}" if weights else ""))
+    loaded = _user_loaded(net, spec, input_specs, _sha256_text("|".join(digest_parts)),
+                          f"{type(net).__name__} from {spec}" + (f" with weights {weights}" if weights else ""))
+    loaded.input_paths = [p for p in (getattr(module, "__file__", None), weights) if p]
+    return loaded
 
 
 def _load_state_dict(path: Path, allow_pickle: bool) -> dict:
@@ -537,7 +553,9 @@ def _load_pickled_model(path: Path, input_specs: list[InputSpec], allow_pickle: 
         raise ToolchainError(f"{path}: cannot unpickle ({_one_line(exc)})") from None
     if not isinstance(net, nn.Module):
         raise ToolchainError(f"{path}: holds {type(net).__name__}, not a torch.nn.Module")
-    return _user_loaded(net, str(path), input_specs, _sha256_file(path), f"pickled {type(net).__name__} from {path}")
+    loaded = _user_loaded(net, str(path), input_specs, _sha256_file(path), f"pickled {type(net).__name__} from {path}")
+    loaded.input_paths = [str(path)]
+    return loaded
 
 
 def _user_loaded(net: nn.Module, source: str, input_specs: list[InputSpec], digest: str, description: str) -> LoadedModel:
@@ -567,6 +585,10 @@ def load_model(source: str, *, task: str = "auto", weights: str | None = None,
     entries = _catalogue()
     key = source.strip().lower().replace("_", "-")
     path = Path(source)
+    is_factory = re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", source) is not None and not path.exists()
+    if weights and not is_factory:
+        raise ToolchainError("--weights goes with a module:factory model",
+                             hint="catalogue models, transformers directories and pickles carry their own weights")
     if key in entries and not path.exists():
         loaded = entries[key].build()
     elif path.is_dir():
@@ -575,7 +597,7 @@ def load_model(source: str, *, task: str = "auto", weights: str | None = None,
         loaded = _load_hf_dir(path, task)
     elif path.is_file() and path.suffix in (".pt", ".pth", ".pkl", ".bin"):
         return _load_pickled_model(path, specs, allow_pickle)
-    elif re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", source) and not path.exists():
+    elif is_factory:
         return _load_factory(source, weights, specs, allow_pickle)
     else:
         known = ", ".join(entries)

@@ -37,6 +37,18 @@ def status(message: str, *, quiet: bool) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def json_safe_stdout(as_json: bool) -> Iterator[None]:
+    """With --json, whatever library or user code prints goes to stderr, so stdout stays one JSON document."""
+    if not as_json:
+        yield
+        return
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def is_quiet(ctx: click.Context, as_json: bool = False) -> bool:
     root = ctx.find_root().obj or {}
     return bool(root.get("quiet")) or as_json

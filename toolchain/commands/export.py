@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, status
+from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
 
 TASK_CHOICES = ("auto", "feature-extraction", "sequence-classification", "image-classification", "causal-lm",
                 "masked-lm")
@@ -16,9 +16,10 @@ TASK_CHOICES = ("auto", "feature-extraction", "sequence-classification", "image-
 @click.option("--task", type=click.Choice(TASK_CHOICES), default="auto", show_default=True,
               help="Head for a transformers directory (auto: from config.architectures).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict for module:factory, loaded with weights_only=True.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS[:DTYPE]",
-              help="Example input, e.g. 1x3x224x224 or ids:1x128:int64. Required for module:factory; repeat per input.")
-@click.option("--allow-pickle", is_flag=True, help="Allow unpickling a whole model (runs code from the file: trusted files only).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS[:DTYPE[:HIGH]]",
+              help="Example input, e.g. 1x3x224x224, or ids:1x128:int64:30522 (ints drawn below 30522). Required for module:factory; repeat per input.")
+@click.option("--allow-pickle", is_flag=True, help="Allow unpickling a whole model, or a --weights file that is not a "
+              "plain state_dict (runs code from the file: trusted files only).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
               help="dynamo: torch.export, cleaner graphs; torchscript: tracing, faster, deprecated by PyTorch.")
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset.")
@@ -51,28 +52,32 @@ def export(ctx, model, output, task, weights, input_shapes, allow_pickle, export
       toolchain export mypkg.nets:make_net --weights net.pt --input-shape 1x3x32x32 -o net.onnx
     """
     from toolchain.export import ExportOptions, export_model
+    from toolchain.io import check_output
     from toolchain.models import load_model
 
     quiet = is_quiet(ctx, as_json)
-    with status(f"loading {model}", quiet=quiet):
-        loaded = load_model(model, task=task, weights=weights, input_shapes=list(input_shapes),
-                            allow_pickle=allow_pickle)
-    options = ExportOptions(exporter=exporter, opset=opset, parity=not no_parity, parity_seq_len=seq_len,
-                            min_cosine=min_cosine, force=force, external_data=external_data)
-    with status(f"exporting with the {exporter} exporter and checking parity", quiet=quiet):
-        result = export_model(loaded, output, options)
+    check_output(output, force=force)  # fail fast, before the model loads (export_model checks inputs too)
+    with json_safe_stdout(as_json):
+        with status(f"loading {model}", quiet=quiet):
+            loaded = load_model(model, task=task, weights=weights, input_shapes=list(input_shapes),
+                                allow_pickle=allow_pickle)
+        options = ExportOptions(exporter=exporter, opset=opset, parity=not no_parity, parity_seq_len=seq_len,
+                                min_cosine=min_cosine, force=force, external_data=external_data)
+        with status(f"exporting with the {exporter} exporter and checking parity", quiet=quiet):
+            result = export_model(loaded, output, options)
 
     def render(console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         label = {"pretrained": "pretrained", "random-weights": "[yellow]random weights[/]", "user": "user model"}
-        console.print(f"[green]✓[/] wrote [bold]{result.path}[/] ({fmt_bytes(result.size_bytes)}, "
+        console.print(f"[green]✓[/] wrote [bold]{escape(result.path)}[/] ({fmt_bytes(result.size_bytes)}, "
                       f"{result.nodes} nodes, opset {result.opset}, {result.exporter} exporter, {result.seconds:.1f} s)")
-        console.print(f"  source {result.source} ({label.get(result.kind, result.kind)}); "
+        console.print(f"  source {escape(result.source)} ({label.get(result.kind, result.kind)}); "
                       f"{result.mapped_nodes}/{result.nodes} nodes mapped to PyTorch modules")
         ins = ", ".join(f"{i['name']} {i['shape']} {i['dtype']} (dynamic: {', '.join(i['dynamic_axes'].values())})"
                         for i in result.inputs)
-        console.print(f"  inputs: {ins}; outputs: {', '.join(result.outputs)}")
+        console.print(f"  inputs: {escape(ins)}; outputs: {escape(', '.join(result.outputs))}")
         if result.external_data:
             console.print(f"  external data: {', '.join(result.external_data)}")
         if result.parity:

@@ -27,30 +27,31 @@ def inspect_(onnx_file, names, show_nodes, as_json) -> None:
     info = inspect_model(onnx_file, list(names), include_nodes=show_nodes)
 
     def render(console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
-        console.print(f"[bold]{onnx_file}[/]: {info['nodes']} nodes, opset {info['opset']}, "
+        console.print(f"[bold]{escape(onnx_file)}[/]: {info['nodes']} nodes, opset {info['opset']}, "
                       f"{info['mapped_nodes']} mapped to {info['modules']} modules")
         t = Table(title="Provenance", show_header=False, title_justify="left")
         for key, value in info["provenance"].items():
-            t.add_row(key, str(value))
+            t.add_row(escape(key), escape(str(value)))
         console.print(t)
         for kind in ("inputs", "outputs"):
-            console.print(f"{kind}: " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in info[kind]))
+            console.print(f"{kind}: " + escape(", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in info[kind])))
         if info.get("resolved"):
             t = Table(title="Resolved names", title_justify="left")
             for col in ("node", "op", "module", "how"):
                 t.add_column(col)
             for r in info["resolved"]:
-                module = "[red]unresolved[/]" if r["module"] is None else (r["module"] or "(the model itself)")
-                t.add_row(r["name"], r["op"] or "", module, r["method"] or "")
+                module = "[red]unresolved[/]" if r["module"] is None else escape(r["module"] or "(the model itself)")
+                t.add_row(escape(r["name"]), escape(r["op"] or ""), module, r["method"] or "")
             console.print(t)
         if show_nodes:
             t = Table(title="Nodes", title_justify="left")
             for col in ("node", "op", "module"):
                 t.add_column(col)
             for n in info["node_modules"]:
-                t.add_row(n["name"], n["op"], n["module"] if n["module"] is not None else "[dim]-[/]")
+                t.add_row(escape(n["name"]), n["op"], escape(n["module"]) if n["module"] is not None else "[dim]-[/]")
             console.print(t)
 
     emit(info, as_json, render)

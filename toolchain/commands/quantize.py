@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, status
+from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -91,7 +91,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                    batches=_ints(batch_sizes), runs=runs, providers=list(providers), seq_len=seq_len,
                    tokenizer=tokenizer, mean=_floats(mean), std=_floats(std), chunk=chunk, fuse=not no_fusion,
                    force=force)
-    with status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
+    with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
         report = run_quantize_command(**options)
 
     def render(console) -> None:
@@ -100,8 +100,8 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
 
         t = Table(title=f"FP32 vs INT8 on {', '.join(providers)} (medians of {runs} interleaved runs)", title_justify="left")
         batches = report["batches"]
-        columns = (["configuration", "size"] + [f"batch {b} ms" for b in batches] + [f"speed-up b{b}" for b in batches]
-                   + ["cosine", "top-1 agree", "accuracy", "budget"])
+        columns = (["configuration", "size"] + [f"b{b} ms" for b in batches] + [f"b{b} speed" for b in batches]
+                   + ["cosine", "agree", "acc", "budget"])
         for col in columns:
             t.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=col == "configuration")
         for row in report["rows"]:
@@ -114,8 +114,13 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                       f"{fid['cosine']:.5f}" if fid else "-",
                       f"{fid['agreement']:.2%}" if fid and fid.get("agreement") is not None else "-",
                       f"{acc:.2%}" if acc is not None else "-",
-                      "[green]ok[/]" if row["meets_budget"] else f"[red]{escape(row['reason'])}[/]")
+                      "[green]ok[/]" if row["meets_budget"] else "[red]over[/]")
         console.print(t)
+        console.print("  b<N> ms: median latency at batch N; speed: FP32 median / this median; agree: top-1 agreement "
+                      "with FP32; acc: accuracy on labelled data")
+        for row in report["rows"]:
+            if not row["meets_budget"]:
+                console.print(f"  [red]over budget[/] {escape(row['label'])}: {escape(row['reason'])}")
         for note in report["notes"]:
             console.print(f"  {escape(note)}")
         console.print(("[green]✓[/] " if report["output"] else "[yellow]![/] ") + escape(report["recommendation"]))
