@@ -21,14 +21,20 @@ install: $(PY)
 test: install
 	$(PY) -m pytest -q
 
+# The main job on built-in defaults: real pretrained models and real data shipped in packages.
 demo: install
 	mkdir -p out
 	$(VENV)/bin/toolchain doctor
+	$(VENV)/bin/toolchain export mnist-cnn -o out/mnist-cnn.onnx --force
+	$(VENV)/bin/toolchain quantize out/mnist-cnn.onnx --calib builtin:mnist --eval-samples 2000 \
+		--max-accuracy-drop 0.3 -o out/mnist-cnn.int8.onnx --force
 	$(VENV)/bin/toolchain export minilm -o out/minilm.onnx --force
-	$(VENV)/bin/toolchain export resnet-50 -o out/resnet50.onnx --force
+	$(VENV)/bin/toolchain quantize out/minilm.onnx --mode dynamic --eval builtin:drugreviews \
+		--min-cosine 0.995 -o out/minilm.int8.onnx --force
 
 bench: install
 	$(PY) benchmarks/bench_export.py
+	$(PY) benchmarks/bench_quantize.py
 
 lint: install
 	$(VENV)/bin/ruff check toolchain tests benchmarks

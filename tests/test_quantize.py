@@ -137,3 +137,18 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
                           (["--calib", "builtin:mnist", "--target", "tpu"], "unknown quantization preset")):
         run = CliRunner().invoke(main, ["quantize", result.path, "-o", str(tmp_path / "x.onnx"), *args])
         assert run.exit_code == 2 and message in run.output and run.output.count("\n") == 1, run.output
+
+
+def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path):
+    loaded, result = tiny_bert
+    data = load_dataset("random", result.path, DataOptions(samples=16, seq_len=16))
+    pre = tmp_path / "pre.onnx"
+    q.quantize_model(result.path, tmp_path / "d.onnx", q.QuantConfig(mode="dynamic"), keep_preprocessed=pre)
+    ranking = q.matmul_sensitivity(pre, data)
+    matmuls = {n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "MatMul"}
+    assert ranking and {name for name, _ in ranking} <= matmuls
+    assert all(score > 0 for _, score in ranking)  # int8 noise is below the signal everywhere
+    out, steps = q.guard_accuracy(result.path, tmp_path / "g.onnx", q.QuantConfig(mode="dynamic"), None, data,
+                                  max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3)
+    assert out is None and [len(s.excluded) for s in steps] == [0, 1, 2]
+    assert steps[1].excluded[0] == ranking[0][0]  # the worst node goes first

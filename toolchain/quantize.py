@@ -52,6 +52,7 @@ class QuantConfig:
     calibration: str = "minmax"
     percentile: float = 99.999
     exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None  # None: every op ORT can quantize
 
     @property
     def label(self) -> str:
@@ -233,11 +234,14 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
             try:
                 if config.mode == "dynamic":
                     quantize_dynamic(str(pre), str(out), per_channel=config.per_channel, reduce_range=config.reduce_range,
+                                     op_types_to_quantize=list(config.op_types) if config.op_types else None,
                                      weight_type=qtype[config.weights], nodes_to_exclude=list(config.exclude) or None,
                                      extra_options={"MatMulConstBOnly": True})
                 else:
                     extra: dict[str, Any] = {"ActivationSymmetric": config.symmetric_activations,
-                                             "WeightSymmetric": True}
+                                             "WeightSymmetric": True,
+                                             # activation x activation MatMuls (attention scores) lose too much
+                                             "MatMulConstBOnly": kind is not None}
                     if config.calibration == "percentile":
                         extra["CalibPercentile"] = config.percentile
                     if chunk:
@@ -247,6 +251,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                     # histogram calibrators stack per-batch arrays, so their batches must all have one size
                     batch = calib_batch if config.calibration == "minmax" else 1
                     quantize_static(str(pre), str(out), _Reader(calibration, batch),
+                                    op_types_to_quantize=list(config.op_types) if config.op_types else None,
                                     quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
                                     per_channel=config.per_channel, reduce_range=config.reduce_range,
                                     activation_type=qtype[config.activations], weight_type=qtype[config.weights],
@@ -548,19 +553,62 @@ def sensitive_nodes(fp32_preprocessed: str | Path, qdq_path: str | Path, data: D
     return sorted(ranked.items(), key=lambda kv: kv[1])
 
 
-def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset,
+def matmul_sensitivity(fp32_preprocessed: str | Path, data: Dataset, batch: int = 8) -> list[tuple[str, float]]:
+    """MatMul nodes with constant weights ranked from most to least damaged by dynamic INT8: each one's
+    input activations (from ``data``) and weights are quantized as ORT's dynamic quantization does
+    (uint8 asymmetric per-tensor activations for every batch, int8 symmetric per-column weights) and its
+    output compared with the float one; the score is the signal-to-quantization-noise ratio in dB."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolchain.runtime import create_session
+
+    model = onnx.load(str(fp32_preprocessed))
+    weights = {i.name: i for i in model.graph.initializer}
+    targets = [(n.name, n.input[0], numpy_helper.to_array(weights[n.input[1]]).astype(np.float64))
+               for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights
+               and len(weights[n.input[1]].dims) == 2]
+    if not targets:
+        return []
+    known = {o.name for o in model.graph.output}
+    for tensor in {a for _, a, _ in targets} - known:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    session = create_session(model.SerializeToString(), ["cpu"], optimization="disable")
+    names = [o.name for o in session.get_outputs()]
+    signal = {name: 0.0 for name, _, _ in targets}
+    noise = {name: 0.0 for name, _, _ in targets}
+    for feeds in data.batches(batch):
+        values = dict(zip(names, session.run(names, feeds), strict=True))
+        for name, tensor, w in targets:
+            a = values[tensor].astype(np.float64).reshape(-1, w.shape[0])
+            lo, hi = min(a.min(), 0.0), max(a.max(), 0.0)
+            scale = (hi - lo) / 255 or 1.0
+            zero = np.round(-lo / scale)
+            aq = (np.clip(np.round(a / scale) + zero, 0, 255) - zero) * scale
+            wscale = np.abs(w).max(axis=0) / 127
+            wscale[wscale == 0] = 1.0
+            wq = np.clip(np.round(w / wscale), -127, 127) * wscale
+            ref = a @ w
+            signal[name] += float((ref ** 2).sum())
+            noise[name] += float(((ref - aq @ wq) ** 2).sum())
+    ranked = [(name, 10 * np.log10(signal[name] / noise[name]) if noise[name] else float("inf")) for name, _, _ in targets]
+    return sorted(ranked, key=lambda kv: kv[1])
+
+
+def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None,
                    evaluation: Dataset, *, max_accuracy_drop: float, min_cosine: float = 0.99, group: int = 2,
                    max_steps: int = 6, batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None,
                    runs: int = 10, force: bool = False, preset_name: str | None = None
                    ) -> tuple[QuantizeResult | None, list[GuardStep]]:
     """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the ``group``
-    most quantization-sensitive nodes (see :func:`sensitive_nodes`) in FP32 and quantize again, up to
+    most quantization-sensitive nodes (:func:`sensitive_nodes` for static, :func:`matmul_sensitivity`
+    for dynamic quantization) in FP32 and quantize again, up to
     ``max_steps`` times. Every step is measured (fidelity, and latency against FP32) and returned.
     ``output`` is written only when a step meets the budget; otherwise the result is None."""
     import tempfile
 
-    if config.mode != "static":
-        raise ToolchainError("the accuracy guard works on static quantization; use --mode static")
+    if config.mode == "static" and (calibration is None or len(calibration) == 0):
+        raise ToolchainError("static quantization needs calibration data", hint="pass --calib DATA")
     check_output(output, force=force, inputs=(str(model_path),))
     steps: list[GuardStep] = []
     excluded: list[str] = list(config.exclude)
@@ -582,7 +630,10 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             if ok or step == max_steps:
                 break
             if ranking is None:
-                ranking = sensitive_nodes(pre, candidate, calibration.take(0, min(len(calibration), 32)))
+                probe = calibration if calibration is not None and len(calibration) else evaluation
+                probe = probe.take(0, min(len(probe), 32))
+                ranking = (sensitive_nodes(pre, candidate, probe) if config.mode == "static"
+                           else matmul_sensitivity(pre, probe))
             remaining = [n for n, _ in ranking if n not in excluded]
             if not remaining:
                 break
@@ -601,7 +652,7 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
 def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: str | None, calib_samples: int,
                          eval_samples: int, preset_name: str | None, auto: bool, mode: str | None, fmt: str,
                          activations: str | None, weights: str, per_channel: bool, reduce_range: bool,
-                         calibration: str, max_accuracy_drop: float | None, min_cosine: float,
+                         calibration: str, max_accuracy_drop: float | None, min_cosine: float | None,
                          batches: tuple[int, ...], runs: int, providers: list[str], seq_len: int,
                          tokenizer: str | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                          chunk: int | None, fuse: bool, force: bool) -> dict[str, Any]:
@@ -637,6 +688,8 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
     if eval_set.synthetic:
         notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
     budget = max_accuracy_drop if max_accuracy_drop is not None else 1.0
+    guarded = max_accuracy_drop is not None or min_cosine is not None
+    min_cosine = 0.99 if min_cosine is None else min_cosine
 
     report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
                               "providers": providers, "notes": notes, "failed": False,
@@ -651,7 +704,7 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
                           for c in result.candidates]
         report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
         return report
-    if max_accuracy_drop is not None and config.mode == "static":
+    if guarded:
         result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
                                        min_cosine=min_cosine, batches=batches, providers=providers, runs=runs,
                                        force=force, preset_name=chosen.name)
@@ -669,7 +722,7 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
                           f"{len(steps[-1].excluded)} nodes kept in FP32; nothing written")
             return report
         if steps[-1].excluded:
-            notes.append("kept in FP32: " + ", ".join(steps[-1].excluded))
+            notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
         report.update(output=result.path, chosen=result.label, recommendation=f"wrote {result.path}",
                       quantization=asdict(result))
         return _fill_sizes(report, result)
@@ -689,6 +742,20 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
     report.update(output=result.path, chosen=config.label, recommendation=f"wrote {result.path}; {verdict}",
                   quantization=asdict(result))
     return report
+
+
+def _with_modules(model_path: str, nodes: list[str]) -> list[str]:
+    """``node (module)`` for each node name the model's node-to-module map can resolve."""
+    import onnx
+
+    from toolchain.nodemap import NodeModuleMap
+
+    node_map = NodeModuleMap.from_model(onnx.load(model_path, load_external_data=False))
+    out = []
+    for name in nodes:
+        found = node_map.resolve(name) if node_map else None
+        out.append(f"{name} ({found.module or 'model'})" if found else name)
+    return out
 
 
 def _row(label, config, latency, speedup, fid, size, ok, reason) -> dict[str, Any]:

@@ -54,9 +54,12 @@ def is_quiet(ctx: click.Context, as_json: bool = False) -> bool:
     return bool(root.get("quiet")) or as_json
 
 
-def fmt_bytes(n: int) -> str:
+def fmt_bytes(n: int, compact: bool = False) -> str:
+    """1.5 MiB (or 1.5M with ``compact``)."""
+    sep = "" if compact else " "
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            text = f"{n:.1f}{sep}{unit}" if unit != "B" else f"{n}{sep}B"
+            return text.replace("iB", "") if compact else text
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.1f}{sep}GiB"

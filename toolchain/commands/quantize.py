@@ -48,9 +48,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on CPUs without VNNI).")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--max-accuracy-drop", type=click.FloatRange(0), help="Accuracy budget in points (top-1 disagreement "
-              "without labels); beyond it, the most sensitive nodes are kept in FP32, a group at a time.")
-@click.option("--min-cosine", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-              help="Budget for models without classes (embeddings): cosine against FP32.")
+              "without labels); beyond it, the most sensitive nodes are kept in FP32, a group at a time. Default 1.")
+@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Budget for models without classes (embeddings): "
+              "cosine of the outputs against FP32, guarded like --max-accuracy-drop. Default 0.99.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to time FP32 against INT8.")
 @click.option("--runs", type=click.IntRange(3), default=20, show_default=True, help="Timed runs per model and batch size.")
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True, help="Execution provider(s) to time on.")
@@ -103,16 +103,16 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
         columns = (["configuration", "size"] + [f"b{b} ms" for b in batches] + [f"b{b} speed" for b in batches]
                    + ["cosine", "agree", "acc", "budget"])
         for col in columns:
-            t.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=col == "configuration")
+            t.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=True)
         for row in report["rows"]:
             fid = row["fidelity"] or {}
             acc = fid.get("accuracy_int8")
             latency = row["latency"] or {}
-            t.add_row(escape(row["label"]), fmt_bytes(row["size_bytes"]) if row["size_bytes"] else "-",
+            t.add_row(escape(row["label"]), fmt_bytes(row["size_bytes"], compact=True) if row["size_bytes"] else "-",
                       *[f"{latency[str(b)]['median_ms']:.2f}" if str(b) in latency else "-" for b in batches],
                       *[f"{row['speedup'][str(b)]:.2f}x" for b in batches],
                       f"{fid['cosine']:.5f}" if fid else "-",
-                      f"{fid['agreement']:.2%}" if fid and fid.get("agreement") is not None else "-",
+                      f"{fid['agreement']:.1%}" if fid and fid.get("agreement") is not None else "-",
                       f"{acc:.2%}" if acc is not None else "-",
                       "[green]ok[/]" if row["meets_budget"] else "[red]over[/]")
         console.print(t)
