@@ -30,7 +30,9 @@ MODELS = {
     "mobilenet-v2": ("random", 32, 32),
     "minilm": ("builtin:drugreviews", 128, 256),
     "bert-base": ("random", 32, 32),
+    "depthwise-net": ("random", 32, 32),  # benchmarks/depthwise_net.py, MobileNetV3-small-like
 }
+DEPTHWISE = str(Path(__file__).with_name("depthwise_net.py")) + ":make"
 
 
 def configs_for(name: str):
@@ -62,7 +64,9 @@ def main() -> None:
         for name in args.models.split(","):
             spec, n_calib, n_eval = MODELS[name]
             fp32 = Path(tmp) / f"{name}.onnx"
-            export_model(load_model(name), fp32, ExportOptions(parity=False))
+            model = (load_model(DEPTHWISE, input_shapes=["pixel_values:1x3x224x224"]) if name == "depthwise-net"
+                     else load_model(name))
+            export_model(model, fp32, ExportOptions(parity=False))
             data = load_dataset(spec, fp32, DataOptions(samples=n_calib + n_eval, seq_len=128))
             calib, evaluation = data.take(0, n_calib), data.take(n_calib, None) if spec != "random" else data
             paths, info = {"FP32": str(fp32)}, {}

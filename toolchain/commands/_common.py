@@ -15,8 +15,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def stdout_console() -> Console:
-    """Rich console on stdout; when piped (no terminal width to read) 120 columns instead of rich's 80."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    """Rich console on stdout; when piped (no terminal width to read), $COLUMNS or 150 instead of rich's 80."""
+    import os
+
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "150"))
+    return Console(highlight=False, width=width)
 
 
 def emit(data: dict[str, Any], as_json: bool, render: Callable[[Console], None]) -> None:

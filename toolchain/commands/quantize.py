@@ -16,6 +16,15 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(f"{text!r}: expected comma-separated numbers like 0.485,0.456,0.406") from None
 
 
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"{text!r}: expected HxW like 224x224")
+    return int(parts[0]), int(parts[1])
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(","))
@@ -56,6 +65,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True, help="Execution provider(s) to time on.")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), help="Tokenizer directory for text data (default: the model's).")
+@click.option("--image-size", metavar="HxW", help="Resize images to this size (default: the model's input size).")
+@click.option("--calib-batch", type=click.IntRange(1), default=8, show_default=True,
+              help="Samples per calibration batch (MinMax; histogram methods calibrate one sample at a time).")
 @click.option("--mean", help="Per-channel mean for images, e.g. 0.485,0.456,0.406 (default: the model's, else ImageNet).")
 @click.option("--std", help="Per-channel std for images (default: the model's, else ImageNet).")
 @click.option("--chunk", type=click.IntRange(1), help="Memory-bounded calibration: at most this many intermediate outputs at once.")
@@ -65,7 +77,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.pass_context
 def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, preset_name, auto, mode, fmt, activations,
              weights, per_channel, reduce_range, calibration, max_accuracy_drop, min_cosine, batch_sizes, runs, providers,
-             seq_len, tokenizer, mean, std, chunk, no_fusion, force, as_json) -> None:
+             seq_len, tokenizer, image_size, calib_batch, mean, std, chunk, no_fusion, force, as_json) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 with ONNX Runtime, and check that it pays off.
 
     Static quantization runs ORT's quant_pre_process, then quantize_static with per-channel weights
@@ -89,8 +101,8 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                    activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
                    calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
                    batches=_ints(batch_sizes), runs=runs, providers=list(providers), seq_len=seq_len,
-                   tokenizer=tokenizer, mean=_floats(mean), std=_floats(std), chunk=chunk, fuse=not no_fusion,
-                   force=force)
+                   tokenizer=tokenizer, image_size=_size(image_size), calib_batch=calib_batch, mean=_floats(mean),
+                   std=_floats(std), chunk=chunk, fuse=not no_fusion, force=force)
     with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
         report = run_quantize_command(**options)
 
