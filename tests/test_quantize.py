@@ -152,3 +152,10 @@ def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path)
                                   max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert out is None and [len(s.excluded) for s in steps] == [0, 1, 2]
     assert steps[1].excluded[0] == ranking[0][0]  # the worst node goes first
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path):
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"garbage" * 20)
+    run = CliRunner().invoke(main, ["quantize", str(bad), "--calib", "random", "-o", str(tmp_path / "x.onnx")])
+    assert run.exit_code == 2 and "not a readable ONNX model" in run.output and run.output.count("\n") == 1

@@ -86,14 +86,27 @@ class Dataset:
         return Dataset(self.source, {k: v[start:stop] for k, v in self.feeds.items()}, labels, self.synthetic)
 
 
-def model_inputs(onnx_path: str | Path) -> list[ModelInput]:
-    """The graph inputs of an ONNX file (initializers excluded), without loading its weights."""
+def load_graph(onnx_path: str | Path):
+    """The ``ModelProto`` of an ONNX file without its external weights; one clear error when the file is
+    missing, corrupt or holds no graph."""
     import onnx
 
+    if not Path(onnx_path).is_file():
+        raise ToolchainError(f"{onnx_path}: no such ONNX file")
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
         raise ToolchainError(f"{onnx_path}: not a readable ONNX model ({one_line(exc)})") from None
+    if not model.graph.node or not model.opset_import:
+        raise ToolchainError(f"{onnx_path}: not an ONNX model (no graph or no opset)")
+    return model
+
+
+def model_inputs(onnx_path: str | Path) -> list[ModelInput]:
+    """The graph inputs of an ONNX file (initializers excluded), without loading its weights."""
+    import onnx
+
+    model = load_graph(onnx_path)
     inits = {i.name for i in model.graph.initializer}
     out = []
     for value in model.graph.input:
@@ -106,10 +119,8 @@ def model_inputs(onnx_path: str | Path) -> list[ModelInput]:
 
 
 def model_metadata(onnx_path: str | Path) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    """The model's ``metadata_props`` as a dict."""
+    return {p.key: p.value for p in load_graph(onnx_path).metadata_props}
 
 
 @dataclass

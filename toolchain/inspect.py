@@ -17,16 +17,12 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     ONNX Runtime optimizes for the CPU execution provider at the highest level."""
     import onnx
 
+    from toolchain.data import load_graph
     from toolchain.export import read_provenance
     from toolchain.nodemap import NodeModuleMap
 
     provenance = read_provenance(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ToolchainError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
-    if not model.graph.node or not model.opset_import:
-        raise ToolchainError(f"{path}: not an ONNX model (no graph or no opset)")
+    model = load_graph(path)
     try:
         node_map = NodeModuleMap.from_model(model)
     except (ValueError, KeyError, TypeError) as exc:
