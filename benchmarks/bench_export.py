@@ -54,22 +54,13 @@ def coverage(path: str, loaded, workdir: Path) -> dict:
             "methods": methods, "unresolved": missing[:10]}
 
 
-def quantize(path: str, loaded, out: Path) -> str:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def quantize(path: str, out: Path) -> str:
+    """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), 4 random samples."""
+    from toolchain.data import DataOptions, load_dataset
+    from toolchain.quantize import QuantConfig, quantize_model
 
-    from toolchain.models import make_inputs
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{k: v.numpy() for k, v in make_inputs(loaded, batch=1, seq_len=64, seed=s).items()}
-                            for s in range(4)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(path, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return str(out)
+    data = load_dataset("random", path, DataOptions(samples=4, seq_len=64))
+    return quantize_model(path, out, QuantConfig(), data, fuse=False).path
 
 
 def help_time(runs: int = 15) -> dict:
@@ -100,7 +91,7 @@ def main() -> None:
                 result = export_model(loaded, work / "model.onnx", ExportOptions(exporter=exporter))
                 seconds = time.perf_counter() - t
                 fp32 = coverage(result.path, loaded, work / "fp32")
-                qdq = coverage(quantize(result.path, loaded, work / "q.onnx"), loaded, work / "qdq")
+                qdq = coverage(quantize(result.path, work / "q.onnx"), loaded, work / "qdq")
                 rows.append({"model": name, "exporter": exporter, "export_s": round(seconds, 2), "nodes": result.nodes,
                              "parity": [{"batch": p.batch, "max_abs_error": p.max_abs_error, "cosine": p.cosine}
                                         for p in result.parity],

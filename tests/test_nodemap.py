@@ -27,19 +27,12 @@ def test_torchscript_scope_components_hang_off_ancestors():
 
 
 def _quantize(path, loaded, out):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), on random inputs."""
+    from toolchain.data import DataOptions, load_dataset
+    from toolchain.quantize import QuantConfig, quantize_model
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{k: v.numpy() for k, v in make_inputs(loaded, batch=1, seq_len=16, seed=s).items()}
-                                 for s in range(3)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
+    data = load_dataset("random", path, DataOptions(samples=3, seq_len=16))
+    return quantize_model(path, out, QuantConfig(), data, fuse=False).path
 
 
 def _exported_or_quantized(exported, precision, tmp_path):
