@@ -198,3 +198,12 @@ def test_inspect_rejects_empty_files(tmp_path):
     empty.write_bytes(b"")
     run = CliRunner().invoke(main, ["inspect", str(empty)])
     assert run.exit_code == 2 and "not an ONNX model" in run.output
+
+
+def test_dynamo_node_metadata_is_trimmed(tiny_resnet):
+    _, result = tiny_resnet
+    model = onnx.load(result.path)
+    keys = {p.key for n in model.graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys  # local paths stay out of shipped models
+    if result.exporter == "dynamo":
+        assert "pkg.torch.onnx.name_scopes" in keys

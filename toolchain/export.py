@@ -57,6 +57,7 @@ class ExportOptions:
     rel_tolerance: float = 1e-3
     force: bool = False
     external_data: bool | None = None  # None: only when the weights exceed 2 GB
+    keep_exporter_metadata: bool = False  # dynamo's per-node stack traces, FX nodes, class hierarchies
 
 
 @dataclass
@@ -212,6 +213,8 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
         opts.opset = actual_opset
     node_map = build_node_map(onnx_model, wrapper, args, opts.exporter, strip_prefix=WRAPPER_PREFIX)
     attach(onnx_model, node_map)
+    if not opts.keep_exporter_metadata:
+        _strip_node_metadata(onnx_model)
     settings = {"exporter": opts.exporter, "opset": opts.opset, "torch": torch.__version__,
                 "onnx": onnx.__version__, "example_batch": opts.batch,
                 "dynamic_axes": {s.name: {str(k): v for k, v in s.dynamic_axes.items()} for s in model.inputs},
@@ -238,6 +241,23 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
     except Exception as exc:
         raise ToolchainError(f"the exported model is not valid ONNX: {_one_line(exc)}") from None
     return onnx_model, node_map
+
+
+# Per-node metadata the dynamo exporter writes that the node-to-module map already holds, or that leaks
+# the local file system (stack traces): about a quarter of MobileNetV2's graph bytes, kept in the INT8
+# model too. pkg.torch.onnx.name_scopes stays: it is the exporter's own record of module scopes.
+_VERBOSE_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "namespace",
+                          "pkg.torch.onnx.class_hierarchy")
+
+
+def _strip_node_metadata(model) -> None:
+    for node in model.graph.node:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key not in _VERBOSE_NODE_METADATA]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            for key, value in keep:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
 
 
 def check_parity(model: LoadedModel, onnx_path: str | Path, opts: ExportOptions) -> list[ParityCheck]:

@@ -29,11 +29,13 @@ TASK_CHOICES = ("auto", "feature-extraction", "sequence-classification", "image-
 @click.option("--no-parity", is_flag=True, help="Skip the PyTorch vs ONNX Runtime comparison.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Weights in a separate .data file (default: only when they exceed 2 GB).")
+@click.option("--keep-exporter-metadata", is_flag=True,
+              help="Keep the dynamo exporter's per-node stack traces and FX nodes (large; they show local paths).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
 @json_option
 @click.pass_context
 def export(ctx, model, output, task, weights, input_shapes, allow_pickle, exporter, opset, seq_len, min_cosine,
-           no_parity, external_data, force, as_json) -> None:
+           no_parity, external_data, keep_exporter_metadata, force, as_json) -> None:
     """Export MODEL to ONNX and check it against PyTorch.
 
     MODEL is a catalogue name (see `toolchain models`), a transformers model directory, a
@@ -62,7 +64,8 @@ def export(ctx, model, output, task, weights, input_shapes, allow_pickle, export
             loaded = load_model(model, task=task, weights=weights, input_shapes=list(input_shapes),
                                 allow_pickle=allow_pickle)
         options = ExportOptions(exporter=exporter, opset=opset, parity=not no_parity, parity_seq_len=seq_len,
-                                min_cosine=min_cosine, force=force, external_data=external_data)
+                                min_cosine=min_cosine, force=force, external_data=external_data,
+                                keep_exporter_metadata=keep_exporter_metadata)
         with status(f"exporting with the {exporter} exporter and checking parity", quiet=quiet):
             result = export_model(loaded, output, options)
 
