@@ -398,7 +398,6 @@ class AutoResult:
     recommendation: str
     output: str | None = None
     preset: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -473,7 +472,6 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
         configs = [c for c in configs if c.mode == "dynamic"]
         if not configs:
             raise ToolchainError("--auto needs calibration data for static candidates", hint="pass --calib DATA")
-    notes = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         paths = {"FP32": str(model_path)}
         results: dict[str, QuantizeResult] = {}
@@ -498,14 +496,14 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
             why = ("no INT8 configuration stays within the accuracy budget" if best is None else
                    f"the fastest INT8 configuration within budget ({best.label}) is only "
                    f"{geomean(list(best.speedup.values())):.2f}x FP32 speed (geometric mean over batch sizes)")
-            return AutoResult(candidates, None, f"keep FP32: {why}", None, chosen_preset.name, notes)
+            return AutoResult(candidates, None, f"keep FP32: {why}", None, chosen_preset.name)
         final = check_output(output, force=force, inputs=(str(model_path),))
         with atomic_dir(final) as scratch:
             shutil.copyfile(paths[best.label], scratch / final.name)
             commit_files(scratch, final)
         best.path = str(final)
         rec = f"ship {best.label}: {geomean(list(best.speedup.values())):.2f}x FP32 speed within the accuracy budget"
-        return AutoResult(candidates, best.label, rec, str(final), chosen_preset.name, notes)
+        return AutoResult(candidates, best.label, rec, str(final), chosen_preset.name)
 
 
 @dataclass
