@@ -96,8 +96,10 @@ _DYNAMIC = QuantConfig(mode="dynamic")
 PRESETS: dict[str, QuantPreset] = {p.name: p for p in (
     QuantPreset("x86-vnni", "x86-64 CPU with AVX512-VNNI or AVX-VNNI (CPU EP)", _U8S8, _DYNAMIC,
                 (_U8S8, _S8S8, _DYNAMIC)),
-    QuantPreset("x86", "x86-64 CPU without VNNI (AVX2; CPU EP)", _U8S8, _DYNAMIC,
-                (_U8S8, replace(_U8S8, reduce_range=True), _S8S8, _DYNAMIC)),
+    # Without VNNI, ORT's u8s8 kernels can saturate 16-bit intermediates; 7-bit weights avoid it. Measured
+    # here (AVX2): same speed as full-range U8S8, higher fidelity (MNIST CNN cosine 0.99995 vs 0.9990).
+    QuantPreset("x86", "x86-64 CPU without VNNI (AVX2; CPU EP)", replace(_U8S8, reduce_range=True), _DYNAMIC,
+                (replace(_U8S8, reduce_range=True), _U8S8, _S8S8, _DYNAMIC)),
     QuantPreset("arm64", "ARM64 CPU with dot-product instructions (CPU EP)", _S8S8, _DYNAMIC, (_S8S8, _U8S8, _DYNAMIC)),
     QuantPreset("gpu", "CUDA / TensorRT: symmetric int8 activations and weights (QDQ)",
                 replace(_S8S8, symmetric_activations=True), replace(_S8S8, symmetric_activations=True),
@@ -726,8 +728,8 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
             return report
         if steps[-1].excluded:
             notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
-        report.update(output=result.path, chosen=result.label, recommendation=f"wrote {result.path}",
-                      quantization=asdict(result))
+        report.update(output=result.path, chosen=result.label,
+                      recommendation=f"wrote {result.path}; {_verdict(steps[-1].speedup)}", quantization=asdict(result))
         return _fill_sizes(report, result)
     result = quantize_model(model, output, config, calib_set, force=force, preset_name=chosen.name, fuse=fuse, chunk=chunk,
                             calib_batch=calib_batch)
@@ -740,12 +742,15 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
         rows.append(_row(label, None, {b: latency[label][b].to_dict() for b in batches}, speedup, fids[label], size,
                          ok, reason))
     report["rows"] = rows
-    gm = geomean(list(rows[1]["speedup"].values()))
-    verdict = (f"INT8 runs {gm:.2f}x FP32 speed here" if gm >= MIN_SPEEDUP else
-               f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try --auto)")
-    report.update(output=result.path, chosen=config.label, recommendation=f"wrote {result.path}; {verdict}",
-                  quantization=asdict(result))
+    report.update(output=result.path, chosen=config.label,
+                  recommendation=f"wrote {result.path}; {_verdict(rows[1]['speedup'])}", quantization=asdict(result))
     return report
+
+
+def _verdict(speedup: dict) -> str:
+    gm = geomean(list(speedup.values()))
+    return (f"INT8 runs {gm:.2f}x FP32 speed here (geometric mean over batch sizes)" if gm >= MIN_SPEEDUP else
+            f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try --auto)")
 
 
 def _with_modules(model_path: str, nodes: list[str]) -> list[str]:
