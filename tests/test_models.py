@@ -91,8 +91,14 @@ def test_transformers_directory_with_task(tmp_path):
     auto = load_model(str(tmp_path / "clf"))
     assert auto.task == "sequence-classification" and auto.output_names == ["logits"]
     assert run_torch(auto, make_inputs(auto, batch=2))[0].shape == (2, 3)
+    assert auto.kind == "pretrained"
     feats = load_model(str(tmp_path / "clf"), task="feature-extraction")
-    assert feats.output_names == ["last_hidden_state"]
+    assert feats.output_names == ["last_hidden_state"] and feats.kind == "pretrained"
+    from transformers import BertModel
+
+    BertModel(cfg).save_pretrained(tmp_path / "encoder")  # no classifier head in this checkpoint
+    headless = load_model(str(tmp_path / "encoder"), task="sequence-classification")
+    assert headless.kind == "partly-random" and "classifier" in headless.description
     with pytest.raises(ToolchainError, match="unknown task"):
         load_model(str(tmp_path / "clf"), task="translation")
 

@@ -64,8 +64,8 @@ class LoadedModel:
     """A PyTorch model ready to export: ``module`` is in eval mode.
 
     ``output_fields`` names the fields picked from a transformers ``ModelOutput`` (None for a plain module,
-    whose tensor or tuple of tensors is taken as is). ``kind`` is ``pretrained``, ``random-weights`` or
-    ``user``. ``source_hash`` is a sha256 over what defines the weights (files, or config and seed).
+    whose tensor or tuple of tensors is taken as is). ``kind`` is ``pretrained``, ``random-weights``,
+    ``partly-random`` (a checkpoint without the head the task needs) or ``user``. ``source_hash`` is a sha256 over what defines the weights (files, or config and seed).
     """
 
     module: nn.Module
@@ -441,6 +441,7 @@ def _load_hf_dir(path: Path, task: str) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our commands draw their own progress on stderr
+    hf_logging.set_verbosity_error()  # missing weights are reported by us, as a kind, not as a log dump
 
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -450,13 +451,19 @@ def _load_hf_dir(path: Path, task: str) -> LoadedModel:
         task = _infer_task(config)
     try:
         kwargs = {"attn_implementation": "sdpa"} if _supports_sdpa(config) else {}
-        module = _auto_class(task).from_pretrained(str(path), local_files_only=True, **kwargs)
+        module, info = _auto_class(task).from_pretrained(str(path), local_files_only=True, output_loading_info=True,
+                                                         **kwargs)
     except Exception as exc:
         raise ToolchainError(f"{path}: cannot load as {task} ({_one_line(exc)})",
                              hint="pick another --task") from None
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    loaded = _hf_loaded(module, config, task, source=str(path), kind="pretrained",
-                        description=f"{config.model_type} model from {path} ({task})",
+    missing = list(info.get("missing_keys") or [])
+    # a head the checkpoint lacks (e.g. --task sequence-classification on a bare encoder) is random: say so
+    kind = "partly-random" if missing else "pretrained"
+    description = f"{config.model_type} model from {path} ({task})"
+    if missing:
+        description += f"; {len(missing)} tensors not in the checkpoint are random (e.g. {missing[0]})"
+    loaded = _hf_loaded(module, config, task, source=str(path), kind=kind, description=description,
                         source_hash=_sha256_files(weights), model_dir=str(path))
     loaded.input_paths = [str(path)]
     return loaded

@@ -73,7 +73,8 @@ def export(ctx, model, output, task, weights, input_shapes, allow_pickle, export
         from rich.markup import escape
         from rich.table import Table
 
-        label = {"pretrained": "pretrained", "random-weights": "[yellow]random weights[/]", "user": "user model"}
+        label = {"pretrained": "pretrained", "random-weights": "[yellow]random weights[/]", "user": "user model",
+                 "partly-random": "[yellow]pretrained, with randomly initialised tensors[/]"}
         console.print(f"[green]✓[/] wrote [bold]{escape(result.path)}[/] ({fmt_bytes(result.size_bytes)}, "
                       f"{result.nodes} nodes, opset {result.opset}, {result.exporter} exporter, {result.seconds:.1f} s)")
         console.print(f"  source {escape(result.source)} ({label.get(result.kind, result.kind)}); "
