@@ -225,6 +225,7 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
         "toolchain.source_kind": model.kind,
         "toolchain.source_hash": model.source_hash,
         "toolchain.task": model.task,
+        **({"toolchain.model_type": model.model_type} if model.model_type else {}),
         "toolchain.description": model.description,
         "toolchain.export": json.dumps(settings, sort_keys=True),
         "toolchain.inputs": json.dumps([s.to_dict() for s in model.inputs]),

@@ -80,6 +80,7 @@ class LoadedModel:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     model_dir: str | None = None
+    model_type: str | None = None  # transformers config.model_type, for ORT's transformer fusions
     input_paths: list[str] = field(default_factory=list)  # files the model was read from: never overwritten
 
     @property
@@ -432,7 +433,7 @@ def _hf_loaded(module: nn.Module, config: Any, task: str, *, source: str, kind: 
     fields = {"feature-extraction": ["last_hidden_state"]}.get(task, ["logits"])
     return LoadedModel(module=module, inputs=inputs, output_names=list(fields), source=source, kind=kind,
                        description=description, source_hash=source_hash, task=task, output_fields=fields,
-                       call_kwargs=call_kwargs, model_dir=model_dir)
+                       call_kwargs=call_kwargs, model_dir=model_dir, model_type=config.model_type)
 
 
 def _load_hf_dir(path: Path, task: str) -> LoadedModel:

@@ -126,15 +126,9 @@ def preset(name: str | None) -> QuantPreset:
 
 
 def model_type(onnx_path: str | Path) -> str | None:
-    """The transformers ``model_type`` an exported model came from, when it is one ORT's transformer
-    optimizer knows (``bert``, ``vit``, ``gpt2``), else None."""
-    meta = model_metadata(onnx_path)
-    description = meta.get("toolchain.description", "")
-    first = description.split(" ", 1)[0].lower()
-    source = meta.get("toolchain.source", "")
-    known = {"minilm": "bert", "bert-base": "bert", "tiny-bert": "bert", "distilbert": "bert", "vit-small": "vit",
-             "gpt2": "gpt2"}
-    return known.get(source) or TRANSFORMER_TYPES.get(first)
+    """The ORT transformer-optimizer type (``bert``, ``vit``, ``gpt2``) of a model exported from a
+    transformers model of a kind it knows (``toolchain.model_type`` in the metadata), else None."""
+    return TRANSFORMER_TYPES.get(model_metadata(onnx_path).get("toolchain.model_type", ""))
 
 
 # ---------------------------------------------------------------------------------------------- quantize

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolchain.errors import ToolchainError
+from toolchain.errors import ToolchainError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime as ort
@@ -72,8 +72,8 @@ def create_session(model: str | os.PathLike | bytes, providers: list[str] | None
         session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                        providers=names, provider_options=provider_options)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolchainError(f"{'model' if isinstance(model, bytes) else model}: ONNX Runtime cannot load it ({first[:300]})") from None
+        raise ToolchainError(f"{'model' if isinstance(model, bytes) else model}: ONNX Runtime cannot load it "
+                             f"({one_line(exc)})") from None
     missing = [p for p in names if p not in session.get_providers()]
     if missing:
         raise ToolchainError(f"execution provider {missing[0]} is not usable here: ONNX Runtime fell back to "
@@ -121,6 +121,5 @@ def provider_statuses() -> list[ProviderStatus]:
             out.append(ProviderStatus(name, True, kept, "" if kept else "listed, but the session fell back to "
                                       + ", ".join(session.get_providers())))
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            out.append(ProviderStatus(name, True, False, first[:200]))
+            out.append(ProviderStatus(name, True, False, one_line(exc)))
     return out

@@ -5,15 +5,13 @@ from __future__ import annotations
 import click
 
 from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
-
-TASK_CHOICES = ("auto", "feature-extraction", "sequence-classification", "image-classification", "causal-lm",
-                "masked-lm")
+from toolchain.models import TASKS
 
 
 @click.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
-@click.option("--task", type=click.Choice(TASK_CHOICES), default="auto", show_default=True,
+@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
               help="Head for a transformers directory (auto: from config.architectures).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A state_dict for module:factory, loaded with weights_only=True.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS[:DTYPE[:HIGH]]",
