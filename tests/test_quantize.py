@@ -159,3 +159,14 @@ def test_corrupt_model_is_a_clear_error(tmp_path):
     bad.write_bytes(b"garbage" * 20)
     run = CliRunner().invoke(main, ["quantize", str(bad), "--calib", "random", "-o", str(tmp_path / "x.onnx")])
     assert run.exit_code == 2 and "not a readable ONNX model" in run.output and run.output.count("\n") == 1
+
+
+def test_quantization_leaves_nothing_in_the_working_directory(tiny_bert, tmp_path, monkeypatch):
+    """ORT's symbolic shape inference gives up on this graph and dumps its temp model into the cwd."""
+    loaded, result = tiny_bert
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    data = load_dataset("random", result.path, DataOptions(samples=4))
+    q.quantize_model(result.path, tmp_path / "q.onnx", q.QuantConfig(), data, fuse=False)
+    assert list(cwd.iterdir()) == []

@@ -12,6 +12,8 @@ machine and keeps the fastest that meets the accuracy budget, or recommends keep
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import shutil
@@ -220,7 +222,11 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                 current = _fuse_transformer(src, kind, scratch / "fused.onnx")
             pre = scratch / "pre.onnx"
             try:
-                quant_pre_process(str(current), str(pre), skip_symbolic_shape=kind is not None)
+                # ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx + <uuid>.data into the
+                # working directory when it gives up: keep that litter inside the scratch directory.
+                with contextlib.chdir(scratch):
+                    quant_pre_process(str(Path(current).resolve()), str(pre.resolve()),
+                                      skip_symbolic_shape=kind is not None)
             except Exception as exc:  # pre-processing helps, it is not required
                 log.warning("quant_pre_process failed (%s); quantizing the model as it is", one_line(exc))
                 shutil.copyfile(current, pre)
