@@ -1,14 +1,25 @@
-"""Power meters. Each meter lives in its own file and exposes ``probe()`` -> :class:`MeterStatus`, which
-says whether the meter can be read on this machine and, where not, why and how to fix it. Hardware roots
+"""Power meters: one small protocol, one file per meter.
+
+Each meter module exposes ``probe(...) -> MeterStatus`` (can it be read here, and if not why and how to
+fix it; what ``toolchain doctor`` reports) and ``open(...) -> Meter`` (raises
+:class:`~toolchain.errors.MeterUnavailableError` with the fix when it cannot be read). Hardware roots
 (sysfs paths, the NVML module) are parameters, so tests build fake trees instead of patching ``open``.
 
-The measuring side of each meter (cumulative joules, resolution) arrives with the profiling work; the
-probes here are what ``toolchain doctor`` reports.
+A :class:`Meter` measures windows: ``token = meter.begin()``, run the workload, ``meter.end(token)`` ->
+:class:`EnergyReading`. Counter meters (RAPL, the NVML energy counter) read cumulative counters at both
+ends; sampling meters (NVML power, Jetson rails) sample power on a background thread between ``begin``
+and ``end`` and integrate it. ``min_window_s`` is the shortest window the meter resolves (its update
+interval); a window too short for it raises :class:`WindowTooShortError`, it never reads as zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from toolchain.errors import ToolchainError
+
+METERS = ("rapl", "nvml", "jetson", "estimate")
 
 
 @dataclass(frozen=True)
@@ -23,8 +34,84 @@ class MeterStatus:
     measured: bool = True
 
 
+@dataclass(frozen=True)
+class EnergyReading:
+    """Energy over one window. ``joules``: per domain (``package-0``, ``dram-0``, ``gpu0``, ``VDD_IN`` ...);
+    ``total_j``: the meter's total for the window, without double counting (RAPL core/uncore are parts of
+    their package and are not added again); ``seconds``: wall time of the window; ``samples``: power
+    samples integrated (0 for counter meters)."""
+
+    joules: dict[str, float]
+    total_j: float
+    seconds: float
+    samples: int = 0
+
+    @property
+    def watts(self) -> float:
+        return self.total_j / self.seconds if self.seconds > 0 else 0.0
+
+
+class WindowTooShortError(ToolchainError):
+    """The meter's counter did not advance (or too few samples were taken) within the window."""
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """``name``: ``rapl``, ``nvml``, ``jetson`` or ``estimate``. ``measured``: False only for estimates.
+    ``source``: one line saying exactly what is read (files, devices, or the estimate's model and its
+    constants), written next to every figure. ``min_window_s``: the shortest window the meter resolves."""
+
+    name: str
+    measured: bool
+    source: str
+    min_window_s: float
+
+    def begin(self) -> object:
+        """Start a window and return a token for :meth:`end`."""
+
+    def end(self, token: object) -> EnergyReading:
+        """Close the window started by ``token``; raises :class:`WindowTooShortError` if it was too short."""
+
+    def close(self) -> None:
+        """Release the meter (NVML shutdown, stop sampler threads)."""
+
+
+@dataclass
+class MeterOptions:
+    """What ``open_meter`` passes on: ``watts`` for the estimate meter (whole-device watts the user gives),
+    ``watts_per_core`` to override the TDP table, ``devices`` to restrict NVML to some GPU indices."""
+
+    watts: float | None = None
+    watts_per_core: float | None = None
+    devices: list[int] = field(default_factory=list)
+
+
+def open_meter(name: str, options: MeterOptions | None = None) -> Meter:
+    """Open the meter called ``name`` on this machine's real paths, or raise ``MeterUnavailableError``."""
+    from toolchain.errors import MeterUnavailableError
+
+    options = options or MeterOptions()
+    if name == "rapl":
+        from toolchain.energy import rapl
+
+        return rapl.open()
+    if name == "nvml":
+        from toolchain.energy import nvml
+
+        return nvml.open(devices=options.devices or None)
+    if name == "jetson":
+        from toolchain.energy import jetson
+
+        return jetson.open()
+    if name == "estimate":
+        from toolchain.energy import estimate
+
+        return estimate.open(watts=options.watts, watts_per_core=options.watts_per_core)
+    raise MeterUnavailableError(f"unknown power meter {name!r}", hint=f"choose one of {', '.join(METERS)}")
+
+
 def probe_all() -> list[MeterStatus]:
     """Probe every meter on this machine's real paths."""
-    from toolchain.energy import jetson, nvml, rapl
+    from toolchain.energy import estimate, jetson, nvml, rapl
 
-    return [rapl.probe(), nvml.probe(), jetson.probe()]
+    return [rapl.probe(), nvml.probe(), jetson.probe(), estimate.probe()]
