@@ -55,7 +55,7 @@ def test_doctor_json_reports_cpu_provider_and_meters():
     report = json.loads(result.output)
     cpu = [p for p in report["providers"] if p["name"] == "CPUExecutionProvider"]
     assert cpu and cpu[0]["usable"]
-    assert {m["name"] for m in report["meters"]} == {"rapl", "nvml", "jetson"}
+    assert {m["name"] for m in report["meters"]} == {"rapl", "nvml", "jetson", "estimate"}
     for meter in report["meters"]:
         assert meter["readable"] or meter["fix"], meter  # an unreadable meter always says how to fix it
     assert set(report["cpu"]["features"]) >= {"AVX2", "AVX512-VNNI", "AMX"}

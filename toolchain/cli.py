@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("toolchain.commands.export", "export", "Export a PyTorch model to ONNX, checked against PyTorch."),
     "inspect": ("toolchain.commands.inspect", "inspect_", "Show an ONNX model's provenance, inputs and node-to-module map."),
     "quantize": ("toolchain.commands.quantize", "quantize", "INT8-quantize an ONNX model and check that it pays off on the target."),
+    "targets": ("toolchain.commands.targets", "targets", "List deployment targets and whether each is usable on this machine."),
+    "profile": ("toolchain.commands.profile", "profile", "Measure latency and energy of an ONNX model on a target, per layer."),
+    "compare": ("toolchain.commands.compare", "compare", "Compare models (FP32 vs INT8) across targets: latency, energy, carbon."),
 }
 
 

@@ -6,6 +6,7 @@ run whose only job is the per-node split of time.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.errors import ToolchainError, one_line
 from toolchain.runtime import create_session
 
 
@@ -27,6 +29,7 @@ class NodeTime:
     provider: str
     total_us: float
     calls: int
+    per_run_us: tuple[float, ...] = ()  # kernel time in each profiled run (for the run-to-run spread)
 
 
 @dataclass
@@ -36,6 +39,7 @@ class NodeProfile:
     nodes: list[NodeTime]
     runs: int
     optimized_model: Path
+    run_us: tuple[float, ...] = ()  # wall time of each profiled run (``model_run`` events), profiler on
 
     @property
     def total_us(self) -> float:
@@ -46,25 +50,35 @@ def parse_trace(path: str | os.PathLike, skip_runs: int = 0) -> list[NodeTime]:
     """Sum the ``*_kernel_time`` events (``cat == "Node"``) of an ORT profile, per node name.
 
     ``skip_runs`` drops the events of the first runs (warm-up), located by the ``model_run`` events."""
-    events = json.loads(Path(path).read_text())
-    run_ends = sorted(ev["ts"] + ev["dur"] for ev in events
-                      if ev.get("cat") == "Session" and ev.get("name") == "model_run")
-    cutoff = run_ends[skip_runs - 1] if 0 < skip_runs <= len(run_ends) else -1
+    try:
+        events = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ToolchainError(f"{path}: not a readable ONNX Runtime profile ({one_line(exc)})") from None
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                  if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    cutoff = runs[skip_runs - 1][1] if 0 < skip_runs <= len(runs) else -1
+    kept = [r for r in runs if r[1] > cutoff]
+    starts = [r[0] for r in kept]
     totals: dict[str, list] = {}
     for ev in events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or ev["ts"] <= cutoff:
             continue
         args = ev.get("args", {})
         name = ev["name"][: -len("_kernel_time")]
-        entry = totals.setdefault(name, [args.get("op_name", ""), args.get("provider", ""), 0.0, 0])
-        entry[2] += float(ev.get("dur", 0))
+        entry = totals.setdefault(name, [args.get("op_name", ""), args.get("provider", ""), 0.0, 0,
+                                         [0.0] * max(len(kept), 1)])
+        dur = float(ev.get("dur", 0))
+        entry[2] += dur
         entry[3] += 1
-    return [NodeTime(n, op, prov, us, calls) for n, (op, prov, us, calls) in totals.items()]
+        entry[4][max(bisect.bisect_right(starts, ev["ts"]) - 1, 0)] += dur
+    return [NodeTime(n, op, prov, us, calls, tuple(per_run))
+            for n, (op, prov, us, calls, per_run) in totals.items()]
 
 
 def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *, providers: list[str] | None = None,
                   runs: int = 10, warmup: int = 2, threads: int | None = None,
-                  workdir: str | os.PathLike | None = None) -> NodeProfile:
+                  workdir: str | os.PathLike | None = None,
+                  provider_options: list[dict] | None = None) -> NodeProfile:
     """Run ``model_path`` ``warmup + runs`` times under ORT's profiler and return the per-node kernel
     times of the last ``runs`` runs.
 
@@ -74,8 +88,16 @@ def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *
     work.mkdir(parents=True, exist_ok=True)
     optimized = work / "optimized.onnx"
     session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
-                             optimized_model_path=str(optimized))
+                             optimized_model_path=str(optimized), provider_options=provider_options)
     for _ in range(warmup + runs):
         session.run(None, feeds)
     trace = session.end_profiling()
-    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized)
+    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, run_durations(trace, skip_runs=warmup))
+
+
+def run_durations(path: str | os.PathLike, skip_runs: int = 0) -> tuple[float, ...]:
+    """Microseconds of each ``model_run`` event of an ORT profile after the first ``skip_runs``."""
+    events = json.loads(Path(path).read_text())
+    runs = sorted((ev["ts"], float(ev["dur"])) for ev in events
+                  if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    return tuple(d for _, d in runs[skip_runs:])

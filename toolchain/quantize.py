@@ -13,7 +13,6 @@ machine and keeps the fastest that meets the accuracy budget, or recommends keep
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import shutil

@@ -1,12 +1,25 @@
-"""NVIDIA Jetson power rails: the INA3221 monitors the board exposes through hwmon."""
+"""NVIDIA Jetson power rails: the INA3221 monitors the board exposes through hwmon.
+
+Each channel ``N`` of a monitor has ``inN_label`` (``VDD_IN``, ``VDD_CPU_GPU_CV``, ``VDD_SOC`` ...),
+``inN_input`` (bus voltage, mV) and ``currN_input`` (current, mA); its power is mV x mA / 1e6 W. The
+meter samples every rail on a background thread (every ``sample_interval_s``) and integrates the power
+(trapezoid rule). The window's total is the ``VDD_IN`` rail when the board has one (the whole board's
+input, which the other rails are parts of), otherwise the sum of the rails. Channels labelled ``NC``
+(not connected) are skipped. JetPack 4's ``ina3221x`` iio files (``in_power0_input``) are not read.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.energy import MeterStatus
+from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
+from toolchain.energy.nvml import MIN_SAMPLES, PowerSampler
+from toolchain.errors import MeterUnavailableError
 
 I2C_DRIVERS = Path("/sys/bus/i2c/drivers")
+BOARD_RAIL = "VDD_IN"
 
 
 def rails(root: Path = I2C_DRIVERS) -> list[Path]:
@@ -15,6 +28,100 @@ def rails(root: Path = I2C_DRIVERS) -> list[Path]:
     for driver in ("ina3221", "ina3221x"):
         found += sorted((root / driver).glob("*/hwmon/hwmon*")) if (root / driver).is_dir() else []
     return found
+
+
+def read_value(path: Path) -> int:
+    """One sysfs value as an integer: the only place the meter reads rails (tests make it fail)."""
+    return int(path.read_text())
+
+
+@dataclass(frozen=True)
+class Rail:
+    """One INA3221 channel: its label and its voltage (mV) and current (mA) files."""
+
+    label: str
+    volts: Path
+    amps: Path
+
+
+def channels(root: Path = I2C_DRIVERS) -> list[Rail]:
+    """Every labelled, connected channel with voltage and current inputs, over all monitors."""
+    found: list[Rail] = []
+    for hw in rails(root):
+        for label_file in sorted(hw.glob("in*_label")):
+            n = re.fullmatch(r"in(\d+)_label", label_file.name)
+            if not n:
+                continue
+            volts, amps = hw / f"in{n[1]}_input", hw / f"curr{n[1]}_input"
+            label = label_file.read_text().strip()
+            if not volts.exists() or not amps.exists() or label.upper() in ("", "NC"):
+                continue
+            if any(r.label == label for r in found):
+                label = f"{label}@{hw.parent.parent.name}"
+            found.append(Rail(label, volts, amps))
+    return found
+
+
+class JetsonMeter:
+    """Board energy from the INA3221 rails, sampled on a background thread."""
+
+    name = "jetson"
+    measured = True
+
+    def __init__(self, found: list[Rail], sample_interval_s: float) -> None:
+        self.rails, self._interval = found, sample_interval_s
+        self.min_window_s = (MIN_SAMPLES - 1) * sample_interval_s
+        self._board = any(r.label == BOARD_RAIL for r in found)
+        total = BOARD_RAIL if self._board else "sum of rails"
+        self.source = (f"Jetson INA3221 rails sampled every {sample_interval_s * 1000:g} ms: "
+                       + ", ".join(f"{r.label} ({r.volts.parent})" for r in found) + f"; total = {total}")
+        self.power()  # fail now, not at the first window, if a rail is unreadable
+
+    def power(self) -> dict[str, float]:
+        """Watts per rail now."""
+        watts = {}
+        for rail in self.rails:
+            try:
+                watts[rail.label] = read_value(rail.volts) * read_value(rail.amps) / 1e6
+            except PermissionError as exc:
+                raise MeterUnavailableError(
+                    f"{rail.volts.parent} is not readable",
+                    hint=f"grant read access: `sudo chmod a+r {rail.volts.parent}/*`") from exc
+            except (OSError, ValueError) as exc:
+                raise MeterUnavailableError(
+                    f"{rail.volts} or {rail.amps} is unreadable ({exc})",
+                    hint=f"check the ina3221 driver: `ls {rail.volts.parent}`") from exc
+        return watts
+
+    def begin(self) -> PowerSampler:
+        return PowerSampler(self.power, self._interval, "jetson").start()
+
+    def end(self, token: object) -> EnergyReading:
+        assert isinstance(token, PowerSampler), "end() takes the token begin() returned"
+        joules, samples, seconds = token.stop()
+        if samples < MIN_SAMPLES:
+            raise WindowTooShortError(
+                f"the Jetson rails were sampled only {samples} times in the {seconds * 1000:.1f} ms window "
+                f"(one sample every {self._interval * 1000:g} ms)",
+                hint=f"measure windows of at least {self.min_window_s:g} s")
+        total = joules[BOARD_RAIL] if self._board else sum(joules.values())
+        return EnergyReading(joules, total, seconds, samples)
+
+    def close(self) -> None:
+        """Nothing to release: each window's sampler thread stops in :meth:`end`."""
+
+
+def open(root: Path = I2C_DRIVERS, sample_interval_s: float = 0.02) -> JetsonMeter:
+    """Open every INA3221 rail under ``root``; raises ``MeterUnavailableError`` with the fix if unreadable."""
+    status = probe(root)
+    if not status.readable:
+        raise MeterUnavailableError(status.detail, hint=status.fix)
+    found = channels(root)
+    if not found:
+        raise MeterUnavailableError(
+            "the INA3221 monitors have no inN_label / inN_input / currN_input channels",
+            hint="use JetPack 5 or later (its ina3221 hwmon driver), or the estimate meter")
+    return JetsonMeter(found, sample_interval_s)
 
 
 def probe(root: Path = I2C_DRIVERS) -> MeterStatus:

@@ -1,0 +1,147 @@
+"""toolchain profile"""
+
+from __future__ import annotations
+
+import click
+
+from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+
+
+def measure_options(f):
+    """Options shared by `profile` and `compare`: the meter, the windows, the inputs."""
+    options = [
+        click.option("--meter", type=click.Choice(["rapl", "nvml", "jetson", "estimate"]),
+                     help="Power meter (default: the target's). `estimate` is a model, not a measurement, "
+                          "and every figure it produces is labelled estimated."),
+        click.option("--watts", type=click.FloatRange(0, min_open=True),
+                     help="With --meter estimate: the device's power draw in watts (else CPU time x per-core watts "
+                          "from a TDP table)."),
+        click.option("--watts-per-core", type=click.FloatRange(0, min_open=True),
+                     help="With --meter estimate: watts per busy core, instead of the TDP table's figure."),
+        click.option("--data", metavar="DATA", help="Inputs to run: the first --batch samples of an .npz, image folder, "
+                     ".txt file or builtin:mnist / builtin:drugreviews (default: synthetic inputs of the exported shapes)."),
+        click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size of one inference."),
+        click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length for text models."),
+        click.option("--repeats", type=click.IntRange(2), default=5, show_default=True,
+                     help="Measured windows per model (mean, sd and 95% interval are over these)."),
+        click.option("--window", "window_s", type=click.FloatRange(0.05), default=1.0, show_default=True,
+                     help="Seconds per window (at least ten times the meter's update interval)."),
+        click.option("--idle", "idle_s", type=click.FloatRange(0), help="Seconds of idle baseline before measuring "
+                     "(default: the target's; 0 turns it off, and net equals gross)."),
+        click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed calls first."),
+        click.option("--profile-runs", type=click.IntRange(1), default=20, show_default=True,
+                     help="Runs of the separate ORT-profiler pass that splits time per layer."),
+        click.option("--threads", type=click.IntRange(1), help="Intra-op threads (default: the target's, else ORT's)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def profile_options(meter, watts, watts_per_core, data, batch, seq_len, repeats, window_s, idle_s, warmup,
+                    profile_runs, threads):
+    from toolchain.energy import MeterOptions
+    from toolchain.energyprofile import ProfileOptions
+
+    if (watts or watts_per_core) and meter != "estimate":
+        raise click.UsageError("--watts and --watts-per-core only apply to --meter estimate")
+    return ProfileOptions(meter=meter, meter_options=MeterOptions(watts=watts, watts_per_core=watts_per_core),
+                          repeats=repeats, window_s=window_s, warmup=warmup, idle_s=idle_s,
+                          profile_runs=profile_runs, threads=threads, batch=batch, data=data, seq_len=seq_len)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "target_spec", metavar="TARGET",
+              help="A built-in target (`toolchain targets`) or a TOML file (default: this machine's CPU).")
+@measure_options
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Directory for costs.json, costs.csv, energy.png and energy.html (default: MODEL_STEM.TARGET.profile).")
+@click.option("--top", type=click.IntRange(1), default=15, show_default=True, help="Layers shown in the table and chart.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+@json_option
+@click.pass_context
+def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, seq_len, repeats, window_s, idle_s,
+            warmup, profile_runs, threads, output, top, force, as_json) -> None:
+    """Measure MODEL's latency and energy on a target, and where they go, layer by layer.
+
+    \b
+    1. Warm up, measure an idle baseline, then REPEATS windows of inferences long enough
+       for the power meter; report latency, joules per inference (gross and net of idle)
+       and watts, each with its spread, and gCO2e per 1,000 inferences at the target's
+       grid intensity.
+    2. A separate ONNX Runtime profiler run (never during the energy windows) gives each
+       node's kernel time; nodes are mapped to PyTorch modules through the map the export
+       stored, and the net energy is split by time share (method `time-share`).
+    3. Writes a versioned cost table (JSON, CSV) and a chart (PNG, HTML).
+
+    \b
+    Examples:
+      toolchain profile resnet50.onnx --target x86-cpu
+      toolchain profile resnet50.onnx --target x86-cpu --meter estimate   # no RAPL here
+      toolchain profile model.int8.onnx --target cuda --batch 8 --json
+    """
+    from pathlib import Path
+
+    from toolchain.charts import html_page, layer_energy_png, table_notes, table_rows
+    from toolchain.energyprofile import profile_model, write_outputs
+    from toolchain.targets import default_target_name, load_target
+
+    quiet = is_quiet(ctx, as_json)
+    options = profile_options(meter, watts, watts_per_core, data, batch, seq_len, repeats, window_s, idle_s, warmup,
+                              profile_runs, threads)
+    target = load_target(target_spec or default_target_name())
+    if not Path(model).is_file():
+        raise click.BadParameter(f"{model}: no such file", param_hint="MODEL")
+    out_dir = Path(output) if output else Path(f"{Path(model).stem}.{target.name}.profile")
+    with json_safe_stdout(as_json), status(f"profiling {model} on {target.name}", quiet=quiet):
+        table = profile_model(model, target, options)
+        png = layer_energy_png(table, top)
+        header, rows = table_rows(table)
+        page = html_page(f"{table.model['name']} on {target.name}", png, [("Per-layer cost table", header, rows)],
+                         table_notes(table))
+        written = write_outputs({"costs.json": table.to_json(), "costs.csv": table.to_csv(), "energy.png": png,
+                                 "energy.html": page}, out_dir, force, inputs=(model,))
+    data_out = table.to_dict()
+    data_out["files"] = [str(p) for p in written]
+    emit(data_out, as_json, lambda console: _render(console, table, top, written))
+
+
+def _render(console, table, top, written) -> None:
+    from rich.table import Table
+
+    from toolchain.charts import table_rows
+
+    m = table.measurement
+    kind = table.energy_kind
+    lat = m["latency_ms"]
+    j = m["joules_per_inference"]["net"]
+    jg = m["joules_per_inference"]["gross"]
+    w = m["watts"]["gross"]
+    co2 = m["gco2e_per_1000"]
+    label = "[bold yellow]ESTIMATED[/]" if kind == "estimated" else "[green]measured[/]"
+    console.print(f"[bold]{table.model['name']}[/] ({table.model['precision']}, batch {m['batch']}) on "
+                  f"[bold]{table.target['name']}[/] ({', '.join(table.target['providers'])})")
+    console.print(f"  energy {label}: meter {table.meter['name']}: {table.meter['source']}")
+    console.print(f"  latency      {lat['mean_ms']:.3f} ms mean, sd {lat['std_ms']:.3f}, 95% CI "
+                  f"{lat['ci95_ms'][0]:.3f}-{lat['ci95_ms'][1]:.3f} ({lat['runs']} calls in {m['repeats']} windows)")
+    console.print(f"  energy       {j['mean'] * 1000:.4g} mJ/inference net of idle ({kind}), sd {j['std'] * 1000:.2g}, "
+                  f"95% CI {j['ci95'][0] * 1000:.4g}-{j['ci95'][1] * 1000:.4g}, CV {j['cv_pct']:.1f}%; "
+                  f"gross {jg['mean'] * 1000:.4g} mJ")
+    console.print(f"  power        {w['mean']:.3g} W gross ({kind}); idle baseline {table.meter['idle_watts']:.3g} W")
+    console.print(f"  carbon       {co2['mean']:.4g} gCO2e per 1,000 inferences ({kind}) at "
+                  f"{co2['intensity_g_per_kwh']} gCO2e/kWh ({co2['intensity_source']})")
+    p = table.profile
+    console.print(f"  layers       {len(table.rows)} modules from {p['kernels']} kernels; they add up to "
+                  f"{p['layers_sum_ms']:.3f} ms against {p['end_to_end_ms']:.3f} ms end to end ({p['gap_pct']:+.1f}%); "
+                  f"unmapped {p['unmapped_share']:.1%}")
+    header, rows = table_rows(table, top)
+    t = Table(title=f"costliest {min(top, len(table.rows))} of {len(table.rows)} layers (energy: {table.method}, {kind})")
+    for h in header:
+        t.add_column(h, justify="left" if h in ("module", "type", "ops") else "right",
+                     overflow="fold" if h == "module" else "ellipsis")
+    for row in rows:
+        t.add_row(*[str(c) for c in row])
+    console.print(t)
+    for path in written:
+        console.print(f"  wrote {path}")

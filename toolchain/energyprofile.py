@@ -1,0 +1,277 @@
+"""Profiling a model on a target: measured latency and energy (no profiler on), a separate profiled run
+for the per-layer split, and the cost table; and comparisons of models across targets.
+
+Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolchain.costs import CostTable, attribute, grams_co2e_per_1000, latency_gap_pct
+from toolchain.energy import Meter, MeterOptions, open_meter
+from toolchain.errors import MeterUnavailableError, ToolchainError
+from toolchain.measure import Measurement, measure
+
+
+@dataclass
+class ProfileOptions:
+    """How to measure: ``meter`` overrides the target's meter (``estimate`` for a labelled estimate);
+    ``repeats`` windows of at least ``window_s`` seconds after ``warmup`` calls and an idle baseline of
+    ``idle_s`` seconds (default: the target's); ``profile_runs`` profiled runs for the per-layer split."""
+
+    meter: str | None = None
+    meter_options: MeterOptions = field(default_factory=MeterOptions)
+    repeats: int = 5
+    window_s: float = 1.0
+    warmup: int = 5
+    idle_s: float | None = None
+    profile_runs: int = 20
+    threads: int | None = None
+    batch: int = 1
+    data: str | None = None
+    seq_len: int = 128
+
+
+def make_feeds(model_path: str | Path, options: ProfileOptions) -> tuple[dict[str, np.ndarray], str]:
+    """One batch of inputs for ``model_path``: the first ``batch`` samples of ``options.data`` (any data
+    spec :func:`toolchain.data.load_dataset` takes), or synthetic inputs when no data is given."""
+    from toolchain.data import DataOptions, load_dataset
+
+    spec = options.data or "random"
+    ds = load_dataset(spec, model_path, DataOptions(samples=options.batch, seq_len=options.seq_len))
+    if len(ds) < options.batch:
+        raise ToolchainError(f"{spec}: {len(ds)} samples, fewer than the batch size {options.batch}")
+    return next(ds.batches(options.batch)), ds.source
+
+
+def target_meter(target, options: ProfileOptions) -> Meter:
+    """Open the meter ``options.meter`` names, else the target's first meter. An unreadable meter raises
+    :class:`MeterUnavailableError` saying how to fix it, and that ``--meter estimate`` exists."""
+    name = options.meter or (target.meters[0] if target.meters else "estimate")
+    try:
+        return open_meter(name, options.meter_options)
+    except MeterUnavailableError as exc:
+        extra = "" if name == "estimate" else "; or pass --meter estimate for a figure labelled as an estimate"
+        raise MeterUnavailableError(f"power meter {name!r} of target {target.name!r}: {exc.message}",
+                                    hint=(exc.hint or "") + extra) from None
+
+
+def check_usable(target) -> None:
+    from toolchain.targets import usable
+
+    ok, reason = usable(target)
+    if not ok:
+        raise ToolchainError(f"target {target.name!r} is not usable on this machine: {reason}",
+                             hint="`toolchain targets` lists the targets and why each is or is not usable")
+
+
+def session_for(model_path: str | Path, target, threads: int | None):
+    from toolchain.runtime import create_session
+
+    return create_session(model_path, target.provider_names(), threads=threads or target.threads or None,
+                          provider_options=target.provider_options())
+
+
+def versions() -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    from toolchain import __version__
+
+    return {"toolchain": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def model_info(model_path: str | Path, feeds: dict[str, np.ndarray], data_source: str) -> dict[str, Any]:
+    from toolchain.export import read_provenance
+    from toolchain.io import sha256_file
+
+    prov = read_provenance(model_path)
+    quant = prov.get("quantization")
+    return {"path": str(model_path), "name": Path(model_path).name, "sha256": sha256_file(model_path),
+            "source": prov.get("source"), "source_kind": prov.get("source_kind"),
+            "source_hash": prov.get("source_hash"),
+            "precision": "int8" if quant else "fp32",
+            "quantization": quant.get("config", {}).get("label") if isinstance(quant, dict) else None,
+            "inputs": {k: list(v.shape) for k, v in feeds.items()}, "data": data_source}
+
+
+def target_info(target) -> dict[str, Any]:
+    return {"name": target.name, "path": str(target.path) if target.path else None,
+            "providers": target.provider_names(), "threads": target.threads,
+            "carbon_g_per_kwh": target.carbon_g_per_kwh, "carbon_source": target.carbon_source}
+
+
+def build_table(model_path: str | Path, target, measurement: Measurement, feeds: dict[str, np.ndarray],
+                data_source: str, options: ProfileOptions, workdir: str | Path) -> CostTable:
+    """The profiled run (separate from the energy windows) and the cost table around ``measurement``."""
+    from toolchain.profiling import profile_nodes
+
+    prof = profile_nodes(model_path, feeds, providers=target.provider_names(), runs=options.profile_runs,
+                         warmup=2, threads=options.threads or target.threads or None, workdir=workdir,
+                         provider_options=target.provider_options())
+    joules = measurement.joules
+    rows, summary = attribute(model_path, prof, feeds, (joules.mean, joules.std))
+    e2e = measurement.latency.mean_ms
+    profiled_run_ms = float(np.mean(prof.run_us)) / 1000 if prof.run_us else None
+    profile = {"runs": prof.runs, **summary, "layers_sum_ms": sum(r.latency_ms_mean for r in rows),
+               "end_to_end_ms": e2e, "gap_pct": latency_gap_pct(rows, e2e),
+               "profiled_run_ms": profiled_run_ms,
+               "profiler_overhead_pct": (100 * (profiled_run_ms - e2e) / e2e) if profiled_run_ms and e2e else None}
+    m = measurement.to_dict()
+    m.pop("windows")
+    carbon = grams_co2e_per_1000(joules.mean, target.carbon_g_per_kwh)
+    m["gco2e_per_1000"] = {"mean": carbon, "ci95": [grams_co2e_per_1000(x, target.carbon_g_per_kwh) for x in joules.ci95],
+                           "kind": measurement.kind, "intensity_g_per_kwh": target.carbon_g_per_kwh,
+                           "intensity_source": target.carbon_source}
+    meter = {"name": measurement.meter, "kind": measurement.kind, "source": measurement.source,
+             "idle_watts": measurement.idle_watts}
+    return CostTable(model=model_info(model_path, feeds, data_source), target=target_info(target), meter=meter,
+                     measurement=m, profile=profile, rows=rows, versions=versions())
+
+
+def profile_model(model_path: str | Path, target, options: ProfileOptions,
+                  progress: Callable[[str], None] | None = None) -> CostTable:
+    """Measure ``model_path`` on ``target`` and return its per-layer cost table."""
+    check_usable(target)
+    feeds, source = make_feeds(model_path, options)
+    session = session_for(model_path, target, options.threads)
+    meter = target_meter(target, options)
+    try:
+        result = measure({Path(model_path).name: lambda: session.run(None, feeds)}, meter, repeats=options.repeats,
+                         window_s=options.window_s, warmup=options.warmup,
+                         idle_s=target.idle_seconds if options.idle_s is None else options.idle_s,
+                         batch=options.batch, progress=progress)
+    finally:
+        meter.close()
+    if progress:
+        progress("profiling per-node kernel times")
+    with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
+        return build_table(model_path, target, next(iter(result.values())), feeds, source, options, work)
+
+
+@dataclass
+class Comparison:
+    """Models x targets: a cost table per (model, target) measured here, and targets skipped with why."""
+
+    models: list[str]
+    tables: dict[tuple[str, str], CostTable]
+    skipped: dict[str, str]
+
+    def columns(self) -> list[tuple[str, str]]:
+        return list(self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        cols = self.columns()
+        base = self.tables[cols[0]] if cols else None
+        out = []
+        for key in cols:
+            t = self.tables[key]
+            lat = t.measurement["latency_ms"]["mean_ms"]
+            j = t.joules_per_inference
+            out.append({
+                "model": key[0], "target": key[1], "precision": t.model["precision"], "sha256": t.model["sha256"],
+                "latency_ms": t.measurement["latency_ms"], "joules_per_inference": t.measurement["joules_per_inference"],
+                "watts": t.measurement["watts"], "gco2e_per_1000": t.measurement["gco2e_per_1000"],
+                "meter": t.meter, "repeats": t.measurement["repeats"],
+                "latency_ratio": lat / base.measurement["latency_ms"]["mean_ms"] if base else None,
+                "energy_ratio": (j / base.joules_per_inference) if base and base.joules_per_inference else None,
+            })
+        return {"columns": out, "skipped": [{"target": k, "reason": v} for k, v in self.skipped.items()],
+                "layer_deltas": self.layer_deltas()}
+
+    def layer_deltas(self) -> list[dict[str, Any]]:
+        """Per-module latency and energy of each column against the first, costliest first."""
+        cols = self.columns()
+        if len(cols) < 2:
+            return []
+        base = self.tables[cols[0]].by_module()
+        others = [(f"{m} @ {t}", self.tables[(m, t)].by_module()) for m, t in cols[1:]]
+        rows = []
+        for module, r in base.items():
+            entry = {"module": r.label, "base_ms": r.latency_ms_mean, "base_j": r.energy_j_mean, "columns": {}}
+            for name, table in others:
+                o = table.get(module)
+                entry["columns"][name] = None if o is None else {
+                    "ms": o.latency_ms_mean, "j": o.energy_j_mean,
+                    "delta_ms": o.latency_ms_mean - r.latency_ms_mean, "delta_j": o.energy_j_mean - r.energy_j_mean}
+            rows.append(entry)
+        return rows
+
+
+def compare_models(model_paths: list[str | Path], targets: list, options: ProfileOptions,
+                   progress: Callable[[str], None] | None = None) -> Comparison:
+    """Measure every model on every usable target; on each target the models' windows are interleaved.
+    Targets not usable here (provider, host, or meter) are skipped with their reason."""
+    names = [str(p) for p in model_paths]
+    if len(set(Path(n).resolve() for n in names)) != len(names):
+        raise ToolchainError("the same model is given twice")
+    tables: dict[tuple[str, str], CostTable] = {}
+    skipped: dict[str, str] = {}
+    for target in targets:
+        try:
+            check_usable(target)
+            meter = target_meter(target, options)
+        except ToolchainError as exc:
+            skipped[target.name] = str(exc)
+            continue
+        try:
+            feeds_of, sessions, sources = {}, {}, {}
+            for path in names:
+                feeds_of[path], sources[path] = make_feeds(path, options)
+                sessions[path] = session_for(path, target, options.threads)
+            candidates = {path: (lambda s=sessions[path], f=feeds_of[path]: s.run(None, f)) for path in names}
+            results = measure(candidates, meter, repeats=options.repeats, window_s=options.window_s,
+                              warmup=options.warmup, batch=options.batch, progress=progress,
+                              idle_s=target.idle_seconds if options.idle_s is None else options.idle_s)
+        finally:
+            meter.close()
+        sessions.clear()
+        for path in names:
+            if progress:
+                progress(f"{Path(path).name} @ {target.name}: per-node kernel times")
+            with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
+                tables[(path, target.name)] = build_table(path, target, results[path], feeds_of[path],
+                                                          sources[path], options, work)
+    if not tables:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise ToolchainError(f"no target is usable here ({reasons})")
+    return Comparison(names, tables, skipped)
+
+
+def write_outputs(files: dict[str, bytes | str], out_dir: str | Path, force: bool, inputs: tuple = ()) -> list[Path]:
+    """Write ``files`` (name -> content) into ``out_dir`` atomically: each file is written in a scratch
+    directory beside it and moved into place; an existing file is replaced only with ``force``."""
+    from toolchain.io import atomic_dir
+
+    final = Path(out_dir).expanduser().resolve()
+    for inp in inputs:
+        src = Path(inp).expanduser().resolve()
+        if src == final or any(src == final / n for n in files):
+            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another -o")
+    if final.exists() and not final.is_dir():
+        raise ToolchainError(f"{out_dir} exists and is not a directory")
+    clash = [n for n in files if (final / n).exists()]
+    if clash and not force:
+        raise ToolchainError(f"{final / clash[0]} already exists", hint="pass --force to overwrite, or choose another -o")
+    if not final.parent.is_dir():
+        raise ToolchainError(f"{final.parent}: output directory does not exist")
+    with atomic_dir(final) as scratch:
+        for name, content in files.items():
+            path = scratch / name
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        final.mkdir(exist_ok=True)
+        written = []
+        for name in files:
+            os.replace(scratch / name, final / name)
+            written.append(final / name)
+    return written
