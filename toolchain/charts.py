@@ -103,19 +103,22 @@ def table_notes(table: CostTable) -> list[str]:
         f"{table.meter['idle_watts']:.3g} W subtracted (net). {m['repeats']} windows, J/inference mean "
         f"{j['mean']:.4g} ± {j['std']:.2g} (sd), 95% CI {j['ci95'][0]:.4g}–{j['ci95'][1]:.4g}, CV {j['cv_pct']:.1f}%.",
         f"Per-layer energy: {table.method} (net energy x the layer's share of ORT-profiled kernel time, "
-        f"{p['runs']} profiled runs). Layers add up to {p['layers_sum_ms']:.3f} ms against {p['end_to_end_ms']:.3f} ms "
-        f"measured end to end ({p['gap_pct']:+.1f}%); unmapped kernel time {p['unmapped_share']:.1%}.",
+        f"{p['runs']} profiled runs). Per run the layers add up to {p['layers_sum_ms']:.3f} ms against "
+        f"{p['end_to_end_ms']:.3f} ms end to end with the profiler off ({p['gap_pct']:+.1f}%, medians); unmapped "
+        f"kernel time {p['unmapped_share']:.1%}.",
         f"Carbon: {m['gco2e_per_1000']['intensity_g_per_kwh']} gCO2e/kWh ({m['gco2e_per_1000']['intensity_source']}).",
         f"Model sha256 {table.model['sha256'][:16]}…, target {table.target['name']} "
         f"({', '.join(table.target['providers'])}); tool versions {table.versions}.",
     ]
 
 
-def table_rows(table: CostTable, top: int | None = None) -> tuple[list[str], list[list[Any]]]:
+def table_rows(table: CostTable, top: int | None = None, width: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the cost table for people; ``width`` shortens module paths from the left."""
     kind = table.energy_kind
     header = ["module", "type", "ops", "kernels", "latency ms", "± sd", "share", f"energy mJ ({kind})", "MMACs",
               "params", "MB moved"]
-    rows = [[r.label, r.module_type, " ".join(r.op_types), r.kernels, f"{r.latency_ms_mean:.4f}", f"{r.latency_ms_std:.4f}",
+    rows = [[_short(r.label, width) if width else r.label, r.module_type.rsplit(".", 1)[-1], " ".join(r.op_types),
+             r.kernels, f"{r.latency_ms_mean:.4f}", f"{r.latency_ms_std:.4f}",
              f"{r.share:.2%}", f"{r.energy_j_mean * 1000:.4g}", f"{r.macs / 1e6:.2f}", r.params,
              f"{r.bytes_moved / 1e6:.2f}"] for r in table.rows[:top]]
     return header, rows

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -298,10 +297,3 @@ def attribute(model_path: str | Path, node_profile, feeds: dict[str, np.ndarray]
     summary = {"kernels": len(node_profile.nodes), "modules": len(rows), "unmapped_share": unmapped,
                "modules_without_kernels": sorted(m for m in nodes_of if m not in per_module_runs and m != UNMAPPED)}
     return rows, summary
-
-
-def latency_gap_pct(rows: list[LayerCost], end_to_end_ms: float) -> float:
-    """How far the sum of per-layer kernel times is from the measured end-to-end latency, in percent
-    (negative: the layers add up to less, the rest being framework overhead between kernels)."""
-    total = sum(r.latency_ms_mean for r in rows)
-    return 100 * (total - end_to_end_ms) / end_to_end_ms if end_to_end_ms > 0 else math.nan

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.costs import CostTable, attribute, grams_co2e_per_1000, latency_gap_pct
+from toolchain.costs import CostTable, attribute, grams_co2e_per_1000
 from toolchain.energy import Meter, MeterOptions, open_meter
 from toolchain.errors import MeterUnavailableError, ToolchainError
 from toolchain.measure import Measurement, measure
@@ -118,15 +118,21 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
 
     prof = profile_nodes(model_path, feeds, providers=target.provider_names(), runs=options.profile_runs,
                          warmup=2, threads=options.threads or target.threads or None, workdir=workdir,
-                         provider_options=target.provider_options())
+                         provider_options=target.provider_options(), reference=True)
     joules = measurement.joules
     rows, summary = attribute(model_path, prof, feeds, (joules.mean, joules.std))
-    e2e = measurement.latency.mean_ms
-    profiled_run_ms = float(np.mean(prof.run_us)) / 1000 if prof.run_us else None
-    profile = {"runs": prof.runs, **summary, "layers_sum_ms": sum(r.latency_ms_mean for r in rows),
-               "end_to_end_ms": e2e, "gap_pct": latency_gap_pct(rows, e2e),
-               "profiled_run_ms": profiled_run_ms,
-               "profiler_overhead_pct": (100 * (profiled_run_ms - e2e) / e2e) if profiled_run_ms and e2e else None}
+    # the reference for the per-layer sum: an unprofiled session alternated run by run with the profiled one
+    # (the machine state of the energy windows a minute earlier may differ); the windows' latency is beside it
+    # Medians: on a shared machine a few slow runs would otherwise decide the comparison.
+    e2e = float(np.median(prof.plain_wall_us)) / 1000
+    profiled_ms = float(np.median(prof.profiled_wall_us)) / 1000
+    per_run = [sum(n.per_run_us[i] for n in prof.nodes if len(n.per_run_us) == prof.runs) for i in range(prof.runs)]
+    layers_ms = float(np.median(per_run)) / 1000
+    profile = {"runs": prof.runs, **summary, "layers_sum_ms": layers_ms, "end_to_end_ms": e2e,
+               "statistic": "median over runs",
+               "end_to_end_source": "an unprofiled session alternated run by run with the profiled one (spinning off in both)",
+               "gap_pct": 100 * (layers_ms - e2e) / e2e, "windows_latency_ms": measurement.latency.median_ms,
+               "profiled_run_ms": profiled_ms, "profiler_overhead_pct": 100 * (profiled_ms - e2e) / e2e}
     m = measurement.to_dict()
     m.pop("windows")
     carbon = grams_co2e_per_1000(joules.mean, target.carbon_g_per_kwh)
@@ -144,19 +150,25 @@ def profile_model(model_path: str | Path, target, options: ProfileOptions,
     """Measure ``model_path`` on ``target`` and return its per-layer cost table."""
     check_usable(target)
     feeds, source = make_feeds(model_path, options)
-    session = session_for(model_path, target, options.threads)
     meter = target_meter(target, options)
     try:
-        result = measure({Path(model_path).name: lambda: session.run(None, feeds)}, meter, repeats=options.repeats,
-                         window_s=options.window_s, warmup=options.warmup,
-                         idle_s=target.idle_seconds if options.idle_s is None else options.idle_s,
-                         batch=options.batch, progress=progress)
+        result = _measure_alone(model_path, target, feeds, meter, options, progress)
     finally:
         meter.close()
     if progress:
         progress("profiling per-node kernel times")
     with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
         return build_table(model_path, target, next(iter(result.values())), feeds, source, options, work)
+
+
+def _measure_alone(model_path, target, feeds, meter, options: ProfileOptions, progress) -> dict[str, Measurement]:
+    """The energy windows, in a session that is gone when this returns: an idle session's spinning thread
+    pool would slow the profiled session that follows."""
+    session = session_for(model_path, target, options.threads)
+    return measure({Path(model_path).name: lambda: session.run(None, feeds)}, meter, repeats=options.repeats,
+                   window_s=options.window_s, warmup=options.warmup,
+                   idle_s=target.idle_seconds if options.idle_s is None else options.idle_s,
+                   batch=options.batch, progress=progress)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import bisect
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class NodeProfile:
     runs: int
     optimized_model: Path
     run_us: tuple[float, ...] = ()  # wall time of each profiled run (``model_run`` events), profiler on
+    # wall time (perf_counter around ``run``) of each profiled run and, with ``reference``, of the unprofiled
+    # session's runs alternated with them
+    profiled_wall_us: tuple[float, ...] = ()
+    plain_wall_us: tuple[float, ...] = ()
 
     @property
     def total_us(self) -> float:
@@ -77,22 +82,40 @@ def parse_trace(path: str | os.PathLike, skip_runs: int = 0) -> list[NodeTime]:
 
 def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *, providers: list[str] | None = None,
                   runs: int = 10, warmup: int = 2, threads: int | None = None,
-                  workdir: str | os.PathLike | None = None,
-                  provider_options: list[dict] | None = None) -> NodeProfile:
+                  workdir: str | os.PathLike | None = None, provider_options: list[dict] | None = None,
+                  reference: bool = False) -> NodeProfile:
     """Run ``model_path`` ``warmup + runs`` times under ORT's profiler and return the per-node kernel
-    times of the last ``runs`` runs.
+    times of the last ``runs`` runs. With ``reference``, a second, unprofiled session runs alternately with
+    the profiled one (thread-pool spinning off in both): its latency is the end-to-end reference the
+    per-layer times are checked against, time-matched, and the ratio of the two is the profiler's overhead.
 
     The optimized graph is saved to ``workdir`` (a temporary directory if None) so that profiled names
     can be resolved to modules (:meth:`toolchain.nodemap.NodeModuleMap.resolve`)."""
     work = Path(workdir or tempfile.mkdtemp(prefix="toolchain-prof-"))
     work.mkdir(parents=True, exist_ok=True)
     optimized = work / "optimized.onnx"
+    # With a reference session, both sessions alternate run by run; thread-pool spinning is off in both, or
+    # the idle one's spinning workers would slow the other on a machine with few cores.
+    config = {"session.intra_op.allow_spinning": "0"} if reference else None
     session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
-                             optimized_model_path=str(optimized), provider_options=provider_options)
-    for _ in range(warmup + runs):
+                             optimized_model_path=str(optimized), provider_options=provider_options,
+                             session_config=config)
+    plain = (create_session(model_path, providers, threads=threads, provider_options=provider_options,
+                            session_config=config) if reference else None)
+    profiled_wall, plain_wall = [], []
+    for i in range(warmup + runs):
+        t = time.perf_counter()
         session.run(None, feeds)
+        if i >= warmup:
+            profiled_wall.append((time.perf_counter() - t) * 1e6)
+        if plain is not None:
+            t = time.perf_counter()
+            plain.run(None, feeds)
+            if i >= warmup:
+                plain_wall.append((time.perf_counter() - t) * 1e6)
     trace = session.end_profiling()
-    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, run_durations(trace, skip_runs=warmup))
+    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, run_durations(trace, skip_runs=warmup),
+                       tuple(profiled_wall), tuple(plain_wall))
 
 
 def run_durations(path: str | os.PathLike, skip_runs: int = 0) -> tuple[float, ...]:

@@ -44,7 +44,8 @@ def provider_name(name: str) -> str:
 def create_session(model: str | os.PathLike | bytes, providers: list[str] | None = None, *,
                    threads: int | None = None, optimization: str = "all",
                    profile_prefix: str | None = None, optimized_model_path: str | None = None,
-                   provider_options: list[dict[str, Any]] | None = None) -> ort.InferenceSession:
+                   provider_options: list[dict[str, Any]] | None = None,
+                   session_config: dict[str, str] | None = None) -> ort.InferenceSession:
     """An ``InferenceSession`` on ``providers`` (default CPU). ``optimization`` is ``disable``, ``basic``,
     ``extended`` or ``all``. Raises :class:`ToolchainError` for a missing or corrupt model, and when a
     requested provider is not actually used (onnxruntime silently falls back to CPU otherwise)."""
@@ -66,6 +67,8 @@ def create_session(model: str | os.PathLike | bytes, providers: list[str] | None
         so.profile_file_prefix = profile_prefix
     if optimized_model_path:
         so.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (session_config or {}).items():
+        so.add_session_config_entry(key, value)
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise ToolchainError(f"{model}: no such ONNX file")
     try:

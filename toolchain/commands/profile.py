@@ -132,14 +132,15 @@ def _render(console, table, top, written) -> None:
     console.print(f"  carbon       {co2['mean']:.4g} gCO2e per 1,000 inferences ({kind}) at "
                   f"{co2['intensity_g_per_kwh']} gCO2e/kWh ({co2['intensity_source']})")
     p = table.profile
-    console.print(f"  layers       {len(table.rows)} modules from {p['kernels']} kernels; they add up to "
-                  f"{p['layers_sum_ms']:.3f} ms against {p['end_to_end_ms']:.3f} ms end to end ({p['gap_pct']:+.1f}%); "
-                  f"unmapped {p['unmapped_share']:.1%}")
-    header, rows = table_rows(table, top)
-    t = Table(title=f"costliest {min(top, len(table.rows))} of {len(table.rows)} layers (energy: {table.method}, {kind})")
+    console.print(f"  layers       {len(table.rows)} modules from {p['kernels']} kernels ({p['runs']} profiled runs); "
+                  f"per run they add up to {p['layers_sum_ms']:.3f} ms against {p['end_to_end_ms']:.3f} ms end to end "
+                  f"with the profiler off ({p['gap_pct']:+.1f}%, medians); unmapped {p['unmapped_share']:.1%}")
+    header, rows = table_rows(table, top, width=max(24, console.width - 112))
+    header[header.index(f"energy mJ ({kind})")] = "mJ"
+    t = Table(title=f"costliest {min(top, len(table.rows))} of {len(table.rows)} layers "
+                    f"(energy {kind}, split by {table.method})")
     for h in header:
-        t.add_column(h, justify="left" if h in ("module", "type", "ops") else "right",
-                     overflow="fold" if h == "module" else "ellipsis")
+        t.add_column(h, justify="left" if h in ("module", "type", "ops") else "right", no_wrap=h == "module")
     for row in rows:
         t.add_row(*[str(c) for c in row])
     console.print(t)
