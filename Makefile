@@ -35,6 +35,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_profile.py
 
 lint: install
 	$(VENV)/bin/ruff check toolchain tests benchmarks
