@@ -248,3 +248,19 @@ def test_cli_targets_bad_file_exits_2(tmp_path):
 
 def test_platform_spelling_is_normalised():
     assert host_arch() in ("x86_64", "aarch64") or host_arch() == platform.machine()
+
+
+def test_quantize_takes_a_target_and_refuses_an_unusable_one_before_writing(tiny_resnet, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    _, result = tiny_resnet
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", result.path, "--calib", "random", "--target", "cuda", "-o", str(out)])
+    assert r.exit_code == 2 and "CUDAExecutionProvider is not usable" in r.output and not out.exists()
+    r = CliRunner().invoke(main, ["quantize", result.path, "--calib", "random", "--calib-samples", "4",
+                                  "--eval-samples", "4", "--runs", "3", "--batch-sizes", "1", "--target", "x86-cpu",
+                                  "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["preset"] == "x86" and out.is_file()

@@ -35,6 +35,20 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _check_providers(providers) -> None:
+    from toolchain.errors import ToolchainError
+    from toolchain.runtime import provider_name, provider_statuses
+
+    statuses = {s.name: s for s in provider_statuses()}
+    for p in providers:
+        name = provider_name(p)
+        status_ = statuses.get(name)
+        if status_ is None or not status_.usable:
+            why = status_.reason if status_ else "this onnxruntime build does not include it"
+            raise ToolchainError(f"execution provider {name} is not usable here: {why}",
+                                 hint="`toolchain doctor` lists the providers that work here")
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the INT8 .onnx file.")
@@ -44,8 +58,10 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--eval", "eval_", metavar="DATA", help="Held-out evaluation data (default: the samples of --calib after the calibration ones).")
 @click.option("--calib-samples", type=click.IntRange(1), default=128, show_default=True, help="Calibration samples.")
 @click.option("--eval-samples", type=click.IntRange(1), default=256, show_default=True, help="Evaluation samples.")
-@click.option("--target", "preset_name", metavar="PRESET",
-              help="Quantization preset of the target: x86-vnni, x86, arm64 or gpu (default: this machine's CPU).")
+@click.option("--target", "preset_name", metavar="TARGET",
+              help="A target (`toolchain targets`, or a TOML file): its quantization preset, and its execution "
+                   "providers for timing unless --provider is given; or a preset name: x86-vnni, x86, arm64, gpu "
+                   "(default: this machine's CPU).")
 @click.option("--auto", is_flag=True, help="Measure every candidate configuration of the preset here and keep the fastest "
                                             "within the accuracy budget (or recommend keeping FP32).")
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), help="static (calibrated) or dynamic (int8 weights). "
@@ -62,7 +78,8 @@ def _ints(text: str) -> tuple[int, ...]:
               "cosine of the outputs against FP32, guarded like --max-accuracy-drop. Default 0.99.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to time FP32 against INT8.")
 @click.option("--runs", type=click.IntRange(3), default=20, show_default=True, help="Timed runs per model and batch size.")
-@click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True, help="Execution provider(s) to time on.")
+@click.option("--provider", "providers", multiple=True, help="Execution provider(s) to time on (default: the target's, "
+              "else cpu).")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), help="Tokenizer directory for text data (default: the model's).")
 @click.option("--image-size", metavar="HxW", help="Resize images to this size (default: the model's input size).")
@@ -94,8 +111,16 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
-    from toolchain.quantize import run_quantize_command
+    from toolchain.quantize import PRESETS, run_quantize_command
 
+    if preset_name and preset_name not in PRESETS:  # a target: its preset, and where it runs
+        from toolchain.targets import load_target
+
+        target = load_target(preset_name)
+        preset_name = target.quant_preset
+        providers = providers or tuple(target.provider_names())
+    providers = providers or ("cpu",)
+    _check_providers(providers)  # before any work: a model written and then not timable helps nobody
     options = dict(model=model, output=output, calib=calib, eval_=eval_, calib_samples=calib_samples,
                    eval_samples=eval_samples, preset_name=preset_name, auto=auto, mode=mode, fmt=fmt,
                    activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
