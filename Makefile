@@ -6,6 +6,10 @@ PIP    := $(PY) -m pip
 # torch==2.13.0 goes in the same pip command as the project, so no other torch build is pulled in.
 TORCH  ?= torch==2.13.0
 EXTRAS ?= cpu,dev
+# where `make demo` profiles, and with which power meter: this machine has no RAPL, so the default is the
+# labelled estimate; on bare metal run `make demo METER=rapl` (or METER=nvml TARGET=cuda with EXTRAS=gpu,dev)
+TARGET ?= x86-cpu
+METER  ?= estimate
 
 .PHONY: install test demo bench lint clean
 
@@ -31,6 +35,11 @@ demo: install
 	$(VENV)/bin/toolchain export minilm -o out/minilm.onnx --force
 	$(VENV)/bin/toolchain quantize out/minilm.onnx --mode dynamic --eval builtin:drugreviews \
 		--min-cosine 0.995 -o out/minilm.int8.onnx --force
+	$(VENV)/bin/toolchain targets
+	$(VENV)/bin/toolchain profile out/mnist-cnn.int8.onnx --target $(TARGET) --meter $(METER) \
+		--data builtin:mnist -o out/mnist-cnn.int8.profile --force
+	$(VENV)/bin/toolchain compare out/minilm.onnx out/minilm.int8.onnx --targets $(TARGET) --meter $(METER) \
+		--data builtin:drugreviews -o out/minilm.compare --force
 
 bench: install
 	$(PY) benchmarks/bench_export.py

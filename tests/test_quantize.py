@@ -134,7 +134,7 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
 
     np.savez(empty, pixel_values=np.zeros((0, 1, 28, 28), np.float32))
     for args, message in ((["--calib", str(empty)], "empty"), ([], "needs --calib"),
-                          (["--calib", "builtin:mnist", "--target", "tpu"], "unknown quantization preset")):
+                          (["--calib", "builtin:mnist", "--target", "tpu"], "unknown target or quantization preset")):
         run = CliRunner().invoke(main, ["quantize", result.path, "-o", str(tmp_path / "x.onnx"), *args])
         assert run.exit_code == 2 and message in run.output and run.output.count("\n") == 1, run.output
 
@@ -170,3 +170,38 @@ def test_quantization_leaves_nothing_in_the_working_directory(tiny_bert, tmp_pat
     data = load_dataset("random", result.path, DataOptions(samples=4))
     q.quantize_model(result.path, tmp_path / "q.onnx", q.QuantConfig(), data, fuse=False)
     assert list(cwd.iterdir()) == []
+
+
+def test_compaction_shrinks_the_file_and_keeps_the_kernels_ort_runs(tiny_resnet, tmp_path, monkeypatch):
+    """FP32 biases instead of int32 ones with per-channel scales and zero points (ORT >= 1.21 quantizes them
+    itself at load time), shared zero points, no stale value_info: a smaller file, the same fused graph."""
+    import numpy as np
+
+    from toolchain.runtime import create_session
+
+    assert not q._ort_quantizes_float_bias("1.20.1") and q._ort_quantizes_float_bias("1.21.0")
+    _, result = tiny_resnet
+    data = load_dataset("random", result.path, DataOptions(samples=8))
+    compact = q.quantize_model(result.path, tmp_path / "c.onnx", q.QuantConfig(), data)
+    monkeypatch.setattr(q, "compact_qdq", lambda model, reference=None: {})
+    plain = q.quantize_model(result.path, tmp_path / "p.onnx", q.QuantConfig(), data)
+    assert compact.size_int8_bytes < plain.size_int8_bytes
+    model = onnx.load(compact.path)
+    stats = json.loads({p.key: p.value for p in model.metadata_props}[q.QUANT_KEY])["compaction"]
+    import onnxruntime
+
+    if q._ort_quantizes_float_bias(onnxruntime.__version__):
+        inits = {t.name: t for t in model.graph.initializer}
+        biased = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) == 3]
+        assert stats["float_biases"] == len(biased) > 0
+        assert all(inits[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in biased)
+    assert NodeModuleMap.from_model(model) is not None
+    kernels, outputs = {}, {}
+    for name, path in (("compact", compact.path), ("plain", plain.path)):
+        optimized = tmp_path / f"{name}.opt.onnx"
+        session = create_session(path, optimized_model_path=str(optimized))
+        kernels[name] = sorted(n.op_type for n in onnx.load(str(optimized)).graph.node)
+        outputs[name] = q.run_outputs(session, data)
+    assert kernels["compact"] == kernels["plain"] and "QLinearConv" in kernels["compact"]
+    a, b = (outputs[k].reshape(len(data), -1) for k in ("compact", "plain"))
+    assert np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)) > 0.9999

@@ -114,9 +114,17 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
     from toolchain.quantize import PRESETS, run_quantize_command
 
     if preset_name and preset_name not in PRESETS:  # a target: its preset, and where it runs
-        from toolchain.targets import load_target
+        from toolchain.errors import ToolchainError
+        from toolchain.targets import builtin_names, load_target
 
-        target = load_target(preset_name)
+        try:
+            target = load_target(preset_name)
+        except ToolchainError as exc:
+            if preset_name.endswith(".toml") or "/" in preset_name:
+                raise
+            raise ToolchainError(f"unknown target or quantization preset {preset_name!r}",
+                                 hint=f"targets: {', '.join(builtin_names())}; presets: {', '.join(PRESETS)}; "
+                                      "or a path to a target .toml") from exc
         preset_name = target.quant_preset
         providers = providers or tuple(target.provider_names())
     providers = providers or ("cpu",)
