@@ -207,7 +207,7 @@ class Comparison:
         if len(cols) < 2:
             return []
         base = self.tables[cols[0]].by_module()
-        others = [(f"{m} @ {t}", self.tables[(m, t)].by_module()) for m, t in cols[1:]]
+        others = [(f"{Path(m).name} @ {t}", self.tables[(m, t)].by_module()) for m, t in cols[1:]]
         rows = []
         for module, r in base.items():
             entry = {"module": r.label, "base_ms": r.latency_ms_mean, "base_j": r.energy_j_mean, "columns": {}}
