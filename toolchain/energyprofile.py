@@ -54,15 +54,20 @@ def make_feeds(model_path: str | Path, options: ProfileOptions) -> tuple[dict[st
 
 
 def target_meter(target, options: ProfileOptions) -> Meter:
-    """Open the meter ``options.meter`` names, else the target's first meter. An unreadable meter raises
-    :class:`MeterUnavailableError` saying how to fix it, and that ``--meter estimate`` exists."""
-    name = options.meter or (target.meters[0] if target.meters else "estimate")
-    try:
-        return open_meter(name, options.meter_options)
-    except MeterUnavailableError as exc:
-        extra = "" if name == "estimate" else "; or pass --meter estimate for a figure labelled as an estimate"
-        raise MeterUnavailableError(f"power meter {name!r} of target {target.name!r}: {exc.message}",
-                                    hint=(exc.hint or "") + extra) from None
+    """Open the meter ``options.meter`` names, else the first readable one of the target's meters (listed
+    in order of preference). When none can be read, :class:`MeterUnavailableError` says why and how to
+    fix it, and that ``--meter estimate`` exists."""
+    names = [options.meter] if options.meter else list(target.meters or ["estimate"])
+    first: MeterUnavailableError | None = None
+    for name in names:
+        try:
+            return open_meter(name, options.meter_options)
+        except MeterUnavailableError as exc:
+            first = first or MeterUnavailableError(f"power meter {name!r} of target {target.name!r}: {exc.message}",
+                                                   hint=exc.hint)
+    assert first is not None
+    extra = "" if names == ["estimate"] else "; or pass --meter estimate for a figure labelled as an estimate"
+    raise MeterUnavailableError(first.message, hint=(first.hint or "") + extra)
 
 
 def check_usable(target) -> None:

@@ -159,6 +159,8 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
         raise ToolchainError("nothing to measure")
     window_s = max(window_s, 10 * meter.min_window_s)
     # idle first: after a run, ONNX Runtime's thread pool spins for a while and would inflate the baseline
+    if progress and idle_s > 0:
+        progress(f"idle baseline ({idle_s:g} s)")
     idle_w = idle_baseline(meter, idle_s)
     sizes: dict[str, int] = {}
     for name, fn in candidates.items():

@@ -31,13 +31,14 @@ def emit(data: dict[str, Any], as_json: bool, render: Callable[[Console], None])
 
 
 @contextmanager
-def status(message: str, *, quiet: bool) -> Iterator[None]:
-    """A spinner on stderr while long work runs (nothing when quiet or stderr is not a terminal)."""
+def status(message: str, *, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while long work runs (nothing when quiet or stderr is not a terminal); yields a
+    function that replaces the spinner's text with a progress line."""
     if quiet or not sys.stderr.isatty():
-        yield
+        yield lambda _text: None
         return
-    with Console(stderr=True).status(message):
-        yield
+    with Console(stderr=True).status(message) as spinner:
+        yield lambda text: spinner.update(f"{message}: {text}")
 
 
 @contextmanager

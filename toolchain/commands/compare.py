@@ -53,8 +53,9 @@ def compare(ctx, models, target_specs, meter, watts, watts_per_core, data, batch
     if not specs:
         raise click.BadParameter("no target given", param_hint="--targets")
     targets = [load_target(s) for s in specs]
-    with json_safe_stdout(as_json), status(f"comparing {len(models)} model(s) on {len(targets)} target(s)", quiet=quiet):
-        result = compare_models(list(models), targets, options)
+    with json_safe_stdout(as_json), status(f"comparing {len(models)} model(s) on {len(targets)} target(s)",
+                                           quiet=quiet) as progress:
+        result = compare_models(list(models), targets, options, progress=progress)
         data_out = result.to_dict()
         if output:
             data_out["files"] = [str(p) for p in _write(result, data_out, output, force, models, top)]

@@ -94,8 +94,8 @@ def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, 
     if not Path(model).is_file():
         raise click.BadParameter(f"{model}: no such file", param_hint="MODEL")
     out_dir = Path(output) if output else Path(f"{Path(model).stem}.{target.name}.profile")
-    with json_safe_stdout(as_json), status(f"profiling {model} on {target.name}", quiet=quiet):
-        table = profile_model(model, target, options)
+    with json_safe_stdout(as_json), status(f"profiling {model} on {target.name}", quiet=quiet) as progress:
+        table = profile_model(model, target, options, progress=progress)
         png = layer_energy_png(table, top)
         header, rows = table_rows(table)
         page = html_page(f"{table.model['name']} on {target.name}", png, [("Per-layer cost table", header, rows)],
