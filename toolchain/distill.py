@@ -1,0 +1,299 @@
+"""Knowledge distillation: train a (smaller) student to reproduce a teacher, with or without labels.
+
+``toolchain distill`` loads both models (any :func:`toolchain.models.load_model` source), reads the data
+as the teacher reads it (its preprocessing and tokenizer), splits it into train and validation samples
+with the seed, and trains the student with :func:`toolchain.training.train`. After every epoch it writes
+into the output directory, each file atomically (a temporary file in the directory, then ``os.replace``):
+
+* ``student.pt``: the student's best state_dict so far (by validation accuracy on labelled data with
+  logits, else by cosine to the teacher's outputs), a plain state_dict for ``torch.load(weights_only=True)``
+  and ``--weights`` of the student's ``module:factory``;
+* ``checkpoint.pt``: the last epoch's weights, optimizer and scheduler states, metrics and configuration;
+* ``distill.json``: configuration, teacher/student/data sources and hashes, per-epoch metrics, best epoch.
+
+Resume semantics: ``--resume`` continues the job recorded in ``checkpoint.pt`` after its last completed
+epoch (an epoch cut short by Ctrl-C or a kill is redone from its start). Options not given take the
+recorded values; options given must equal them, and the teacher, student and data must hash as recorded,
+so the result equals an uninterrupted run: the cosine schedule spans the recorded ``epochs`` and every
+epoch's shuffling and dropout are seeded from (seed, epoch). A different ``--epochs`` is another job
+(``--force`` starts it over); resuming a finished job just reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolchain import __version__
+from toolchain.data import Dataset
+from toolchain.errors import ToolchainError, one_line
+
+STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
+FORMAT = 1
+
+if TYPE_CHECKING:  # pragma: no cover
+    from toolchain.training import Metrics
+
+
+@dataclass
+class DistillConfig:
+    """What defines a distillation job (everything that changes its result)."""
+
+    teacher: str
+    student: str
+    data: str
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.7
+    label_free: str | None = None
+    val_fraction: float = 0.1
+    samples: int | None = None
+    seq_len: int = 128
+    weights: str | None = None
+    input_shapes: tuple[str, ...] = ()
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shapes"] = list(self.input_shapes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in d.items() if k in known})
+        config.input_shapes = tuple(config.input_shapes)
+        return config
+
+
+def recorded_config(output: str | os.PathLike) -> DistillConfig:
+    """The configuration recorded in ``OUTPUT/checkpoint.pt`` (for ``--resume`` with options left out)."""
+    return DistillConfig.from_dict(_read_checkpoint(Path(output))["config"])
+
+
+def _read_checkpoint(out: Path) -> dict[str, Any]:
+    import torch
+
+    path = out / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ToolchainError(f"{out}: no {CHECKPOINT_FILE} to resume", hint="run without --resume to start")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ToolchainError(f"{path}: unreadable checkpoint ({one_line(exc)})", hint="--force starts over") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ToolchainError(f"{path}: not a toolchain distill checkpoint", hint="--force starts over")
+    return state
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    import torch
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _save_json(obj: dict[str, Any], path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"), "w")
+
+
+def _subset(ds: Dataset, idx: np.ndarray) -> Dataset:
+    labels = None if ds.labels is None else ds.labels[idx]
+    return Dataset(ds.source, {k: v[idx] for k, v in ds.feeds.items()}, labels, ds.synthetic)
+
+
+def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split: a permutation, the first ``ceil(n * val_fraction)`` for validation."""
+    n = len(ds)
+    n_val = math.ceil(n * val_fraction)
+    if not 0 < val_fraction < 1 or n_val < 1 or n - n_val < 2:
+        raise ToolchainError(f"{ds.source}: {n} samples leave too few for training and validation "
+                             f"at --val-fraction {val_fraction}", hint="more --samples")
+    order = np.random.default_rng(seed).permutation(n)
+    return _subset(ds, np.sort(order[n_val:])), _subset(ds, np.sort(order[:n_val]))
+
+
+def _load_pair(config: DistillConfig):
+    """Teacher and student; a user-module student without --input-shape takes the teacher's inputs."""
+    import torch
+
+    from toolchain.models import load_model
+
+    teacher = load_model(config.teacher)
+    shapes = list(config.input_shapes) or None
+    with torch.random.fork_rng(devices=[]):  # a factory's random initialisation depends on the seed alone
+        torch.manual_seed(config.seed)
+        try:
+            student = load_model(config.student, weights=config.weights, input_shapes=shapes)
+        except ToolchainError as exc:
+            if shapes or not exc.message.endswith("a user model needs its input shape"):
+                raise
+            torch.manual_seed(config.seed)
+            given = [f"{s.name}:{'x'.join(map(str, s.shape))}:{s.dtype}" for s in teacher.inputs]
+            student = load_model(config.student, weights=config.weights, input_shapes=given)
+            student.inputs = list(teacher.inputs)
+    return teacher, student
+
+
+def _check_output(out: Path, inputs: list[str], *, resume: bool, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ToolchainError(f"{out} is a file; -o takes a directory")
+    ours = [out / name for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE)]
+    for inp in inputs:
+        src = Path(inp).expanduser().resolve()
+        if any(t.resolve() == src for t in ours):
+            raise ToolchainError(f"{out}: refusing to overwrite an input ({inp}); choose another -o")
+    if resume:
+        _read_checkpoint(out)
+    elif not force and any(p.exists() for p in ours):
+        present = next(p.name for p in ours if p.exists())
+        raise ToolchainError(f"{out} already holds a distillation ({present})",
+                             hint="--resume continues it, --force starts over")
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: bool = False, force: bool = False,
+                progress: Callable[[str], None] | None = None,
+                on_step: Callable[[int, int, int, float], None] | None = None,
+                on_epoch: Callable[[int, Metrics], None] | None = None) -> dict[str, Any]:
+    """Run (or ``resume``) the job ``config`` into the directory ``output``; return the report that is
+    also written as ``distill.json``. ``on_epoch(epoch, metrics)`` runs after each epoch's files are
+    written (tests interrupt there). Ctrl-C or SIGTERM stops with exit code 130 and a hint to resume."""
+    from toolchain.data import DataOptions, load_dataset_for
+    from toolchain.training import evaluate, objective_for, outputs, train
+
+    out = Path(output).expanduser().resolve()
+    state = None
+    if resume:
+        state = _read_checkpoint(out)
+        recorded = DistillConfig.from_dict(state["config"])
+        if recorded != config:
+            diff = [f"{f.name} {getattr(config, f.name)!r} (recorded {getattr(recorded, f.name)!r})"
+                    for f in fields(DistillConfig) if getattr(config, f.name) != getattr(recorded, f.name)]
+            raise ToolchainError(f"--resume continues the recorded job, but {diff[0]} differs",
+                                 hint="leave options out to take the recorded ones, or --force to start over")
+    say = progress or (lambda _text: None)
+    say("loading models")
+    teacher, student = _load_pair(config)
+    _check_output(out, [*teacher.input_paths, *student.input_paths, *([config.weights] if config.weights else [])],
+                  resume=resume, force=force)
+    say("loading data")
+    data = load_dataset_for(config.data, teacher, DataOptions(samples=config.samples, seq_len=config.seq_len,
+                                                              seed=config.seed))
+    train_set, val_set = split(data, config.val_fraction, config.seed)
+    objective = objective_for(student, student.module, train_set, teacher=teacher.module, teacher_loaded=teacher,
+                              label_free=config.label_free)
+    sources = {"teacher": {"source": config.teacher, "sha256": teacher.source_hash, "kind": teacher.kind,
+                           "parameters": _params(teacher.module)},
+               "student": {"source": config.student, "sha256": student.source_hash, "kind": student.kind,
+                           "parameters": _params(student.module)},
+               "data": {"source": data.source, "sha256": data.sha256, "samples": len(data), "train": len(train_set),
+                        "val": len(val_set), "labelled": data.labels is not None, "synthetic": data.synthetic}}
+    if state is not None:
+        for key in ("teacher", "student", "data"):
+            if state["sources"][key]["sha256"] != sources[key]["sha256"]:
+                raise ToolchainError(f"the {key} ({sources[key]['source']}) changed since the checkpoint was written",
+                                     hint="--force starts over")
+    # the same order of teacher outputs in every run: computed here once for the reference and the report
+    val_reference = outputs(teacher, teacher.module, val_set)
+    teacher_metrics = evaluate(teacher, teacher.module, val_set, reference=val_reference)
+    initial = (state["initial"] if state is not None
+               else evaluate(student, student.module, val_set, reference=val_reference).to_dict())
+    metric = "accuracy" if teacher_metrics.accuracy is not None else "cosine"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
+        for stale in out.glob(f".{name}.tmp-*"):  # left by a killed run
+            if not _alive(stale.name.rpartition("-")[2]):
+                stale.unlink(missing_ok=True)
+        if force and not resume:
+            (out / name).unlink(missing_ok=True)
+
+    best = dict(state["best"]) if state is not None else {"epoch": None, "value": None}
+    seconds: list[float] = list(state["seconds"]) if state is not None else []
+    clock = [time.perf_counter()]
+    report: dict[str, Any] = {}
+
+    def make_report(history: list[dict[str, Any]], status: str) -> dict[str, Any]:
+        epochs = [{"epoch": i, **m, "seconds": round(seconds[i - 1], 3) if i - 1 < len(seconds) else None}
+                  for i, m in enumerate(history, 1)]
+        return {"tool": f"toolchain {__version__}", "status": status, "output_dir": str(out),
+                "files": {"student": STUDENT_FILE, "checkpoint": CHECKPOINT_FILE, "report": REPORT_FILE},
+                "config": config.to_dict(), **sources, "objective": objective, "metric": metric,
+                "teacher_metrics": teacher_metrics.to_dict(), "initial_metrics": initial, "epochs": epochs,
+                "best_epoch": best["epoch"], "best": {metric: best["value"]} if best["epoch"] else None,
+                "student_file": str(out / STUDENT_FILE) if best["epoch"] else None}
+
+    def on_checkpoint(ckpt: dict[str, Any]) -> None:
+        seconds.append(time.perf_counter() - clock[0])
+        latest = ckpt["history"][-1]
+        value = latest[metric]
+        if best["value"] is None or (value is not None and value > best["value"]):
+            best.update(epoch=ckpt["epoch"], value=value)
+            _save_torch(ckpt["model"], out / STUDENT_FILE)  # before the checkpoint that names it best
+        _save_torch({**ckpt, "format": FORMAT, "config": config.to_dict(), "sources": sources, "initial": initial,
+                     "best": dict(best), "seconds": list(seconds)}, out / CHECKPOINT_FILE)
+        status = "done" if ckpt["epoch"] == config.epochs else "running"
+        report.clear()
+        report.update(make_report(ckpt["history"], status))
+        _save_json(report, out / REPORT_FILE)
+        clock[0] = time.perf_counter()
+
+    if state is not None and int(state["epoch"]) >= config.epochs:
+        return make_report(state["history"], "done")  # a finished job: nothing left to run
+    clock[0] = time.perf_counter()
+    try:
+        train(student, student.module, train_set, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+              teacher=teacher.module, teacher_loaded=teacher, temperature=config.temperature, alpha=config.alpha,
+              label_free=config.label_free, weight_decay=config.weight_decay, seed=config.seed, progress=progress,
+              val=val_set, val_reference=val_reference, on_step=on_step, on_epoch=on_epoch,
+              checkpoint=on_checkpoint, resume_from=state)
+    except KeyboardInterrupt:
+        done = report.get("epochs") or (state["history"] if state is not None else [])
+        if report:
+            report["status"] = "interrupted"
+            _save_json(report, out / REPORT_FILE)
+        where = f"after epoch {len(done)}/{config.epochs}" if done else "in epoch 1"
+        exc = ToolchainError(f"interrupted {where}",
+                             hint=f"`toolchain distill -o {output} --resume` continues" if done or state
+                             else "nothing was saved yet")
+        exc.exit_code = 130
+        raise exc from None
+    return report

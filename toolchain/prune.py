@@ -1,0 +1,597 @@
+"""Structured pruning on Torch-Pruning's dependency graph, with measured cost tables deciding what is cut.
+
+Two ways to choose what to cut, at the same accuracy budget:
+
+* **magnitude** (``--importance l1|l2|taylor``): every prunable layer loses the same share of its
+  channels a step at a time (channels ranked by L1/L2 norm, or by first-order Taylor importance);
+* **energy** (``--importance energy``): the energy-aware method of the structural-pruning paper. Per
+  layer group the index ``I = beta * dE/E_total - alpha * dW/W`` trades the energy a step would save
+  (from the target's cost table: ``E_l(dense) - E_l(sparse)``, the sparse cost predicted by the MACs the
+  step leaves) against the share of the group's weight norm it removes; each step prunes the group with
+  the highest index (energy per unit of importance). Its Algorithm 1: baseline accuracy and cost table,
+  prune a step, fine-tune briefly, evaluate, roll the step back when accuracy falls below the budget (the
+  group is then frozen; two rollbacks in a row stop), re-profile every ``reprofile_every`` steps on the
+  target, until the energy target is met.
+
+Pruned models are saved as plain tensors (``weights.pt``, loadable with ``weights_only=True``) plus
+``pruned.json`` (the original model's source and hash, and every pruned module's new shape); loading
+rebuilds the original architecture and re-shapes it, so no pickled code is ever loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import ToolchainError
+
+PRUNED_FILE = "pruned.json"
+WEIGHTS_FILE = "weights.pt"
+FORMAT = "toolchain.pruned-model"
+FORMAT_VERSION = 1
+IMPORTANCES = ("l1", "l2", "taylor", "energy")
+# structural attributes re-applied when a pruned model is rebuilt
+_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+          "normalized_shape", "num_attention_heads", "attention_head_size", "all_head_size", "num_heads",
+          "head_dim", "embed_dim", "hidden_size")
+
+
+@dataclass
+class PruneConfig:
+    """What to prune and when to stop. Exactly one of ``ratio`` (uniform channel ratio, one shot),
+    ``target_energy_reduction`` or ``target_latency_reduction`` (fractions, from the cost table)."""
+
+    importance: str = "l2"
+    ratio: float | None = None
+    target_energy_reduction: float | None = None
+    target_latency_reduction: float | None = None
+    max_accuracy_drop: float = 1.0  # points of accuracy (or of cosine x 100 for models without labels)
+    step: float = 0.1  # share of a group's channels cut per step
+    alpha: float = 1.0  # weight of the importance removed
+    beta: float = 1.0  # weight of the energy saved
+    finetune_epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    round_to: int | None = None
+    exclude: tuple[str, ...] = ()
+    max_steps: int = 40
+    reprofile_every: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise ToolchainError(f"unknown importance {self.importance!r}", hint=f"choose one of {', '.join(IMPORTANCES)}")
+        targets = [x for x in (self.ratio, self.target_energy_reduction, self.target_latency_reduction) if x is not None]
+        if len(targets) != 1:
+            raise ToolchainError("give exactly one of --ratio, --target-energy-reduction, --target-latency-reduction")
+        for name in ("ratio", "target_energy_reduction", "target_latency_reduction"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ToolchainError(f"--{name.replace('_', '-')} {value} is out of range: it is a fraction in (0, 1), "
+                                     "e.g. 0.3 for 30%")
+        if self.importance == "energy" and self.ratio is not None:
+            raise ToolchainError("--importance energy chooses per-layer ratios from the cost table",
+                                 hint="give --target-energy-reduction or --target-latency-reduction instead of --ratio")
+        if not 0 < self.step < 1:
+            raise ToolchainError(f"--step {self.step} is out of range (0, 1)")
+        if self.round_to is not None and self.round_to < 1:
+            raise ToolchainError(f"--round-to {self.round_to} must be a positive integer")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    pruned: list[str]
+    kept: bool
+    accuracy: float
+    params: int
+    predicted_reduction: float
+    measured_reduction: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PruneResult:
+    module: Any
+    base_metric: float
+    final_metric: float
+    metric_name: str
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    reduction: float  # of the cost table's energy (or latency), predicted or last measured
+    reduction_kind: str
+    steps: list[StepRecord] = field(default_factory=list)
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("module", "steps")}
+        d["steps"] = [asdict(s) for s in self.steps]
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _wrapper(loaded, module):
+    from dataclasses import replace
+
+    from toolchain.models import export_module
+
+    return export_module(replace(loaded, module=module))
+
+
+def _example(loaded, data) -> tuple:
+    import torch
+
+    first = next(data.batches(2))
+    return tuple(torch.as_tensor(first[s.name]) for s in loaded.inputs)
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(loaded, module, example) -> int:
+    """Multiply-accumulates of Conv and Linear layers for one sample (forward hooks on the example)."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def hook(m, inputs, output):
+        nonlocal total
+        out = output[0] if isinstance(output, tuple) else output
+        per_sample = out.numel() // max(out.shape[0], 1)
+        if isinstance(m, nn.Conv2d | nn.Conv1d):
+            total += per_sample * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        elif isinstance(m, nn.Linear):
+            total += per_sample * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            _wrapper(loaded, module)(*[x[:1] for x in example])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def output_layer(module) -> str | None:
+    """The last Conv/Linear layer in module order: the classifier head, left alone by default."""
+    from torch import nn
+
+    last = None
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.Conv1d):
+            last = name
+    return last
+
+
+def _groups(loaded, module, example, ignored: list) -> list[tuple[Any, Any]]:
+    """(root layer, pruning group) for every prunable group, via Torch-Pruning's dependency graph."""
+    import torch_pruning as tp
+    from torch import nn
+
+    wrapper = _wrapper(loaded, module)
+    dg = tp.DependencyGraph().build_dependency(wrapper, example_inputs=example)
+    out = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Conv1d, nn.Linear]):
+        root = group[0].dep.target.module
+        out.append((root, group))
+    return out
+
+
+def _names(module) -> dict[Any, str]:
+    return {m: n for n, m in module.named_modules()}
+
+
+def _importance(kind: str):
+    import torch_pruning as tp
+
+    if kind == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if kind == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+def _prune(loaded, module, example, ratios: dict[Any, float] | float, ignored: list, config: PruneConfig,
+           grads: Callable[[Any], None] | None) -> None:
+    """One Torch-Pruning step: ``ratios`` per root layer (others untouched), or one ratio for every layer."""
+    import torch_pruning as tp
+
+    wrapper = _wrapper(loaded, module)
+    if grads is not None:
+        grads(module)
+    kwargs: dict[str, Any] = {"pruning_ratio": ratios} if isinstance(ratios, float) else {
+        "pruning_ratio": 0.0, "pruning_ratio_dict": ratios}
+    pruner = tp.pruner.BasePruner(wrapper, example, importance=_importance(config.importance), ignored_layers=ignored,
+                                  round_to=config.round_to, global_pruning=False, **kwargs)
+    pruner.step()
+    module.zero_grad(set_to_none=True)
+
+
+def _channels(module) -> dict[str, int]:
+    from torch import nn
+
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Conv1d):
+            out[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[name] = m.out_features
+    return out
+
+
+def _weight_numel(module) -> dict[str, int]:
+    return {n: m.weight.numel() for n, m in module.named_modules() if getattr(m, "weight", None) is not None}
+
+
+# ---------------------------------------------------------------------------------------------- costs
+
+
+def costs_for(table, loaded, module, target_name: str | None, metric: str) -> dict[str, float]:
+    """Per-module cost (J or ms) from a cost table, after checking that the table belongs to this model
+    (its source hash and module names) and this target. A stale or foreign table is refused."""
+    src = table.model.get("source_hash")
+    if src and src != loaded.source_hash:
+        raise ToolchainError(f"the cost table was measured on another model (source hash {src[:12]}..., this model "
+                             f"{loaded.source_hash[:12]}...): it is stale or foreign",
+                             hint="profile this model's export with `toolchain profile` and pass that table")
+    if target_name and table.target.get("name") != target_name:
+        raise ToolchainError(f"the cost table was measured on target {table.target.get('name')!r}, not {target_name!r}",
+                             hint="profile on the target you prune for")
+    names = {n for n, _ in module.named_modules()}
+    rows = {r.module: (r.energy_j_mean if metric == "energy" else r.latency_ms_mean) for r in table.rows}
+    unknown = [m for m in rows if m and m not in names and m != "(unmapped)"]
+    if unknown:
+        raise ToolchainError(f"the cost table names modules this model does not have ({', '.join(unknown[:3])}): "
+                             "it was measured on another architecture or an already-pruned model",
+                             hint="profile the model you are pruning")
+    return rows
+
+
+def _group_cost(group, names: dict, costs: dict[str, float]) -> float:
+    """Cost of the modules a group touches (their MACs shrink with the group's channels)."""
+    seen = set()
+    total = 0.0
+    for item in group:
+        name = names.get(item.dep.target.module)
+        if name is not None and name not in seen:
+            seen.add(name)
+            total += costs.get(name, 0.0)
+    return total
+
+
+def _importance_removed(group, step: float) -> float:
+    import torch_pruning as tp
+
+    scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
+    if scores is None or len(scores) == 0:
+        return 1.0
+    k = max(1, int(len(scores) * step))
+    s = scores.sort().values
+    return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
+
+
+# ---------------------------------------------------------------------------------------------- main loop
+
+
+def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: dict[str, float] | None = None,
+                reprofile: Callable[[Any], dict[str, float]] | None = None,
+                progress: Callable[[str], None] | None = None) -> PruneResult:
+    """Prune ``loaded.module`` (a copy; the original is untouched) under ``config``.
+
+    ``costs`` (module -> J or ms per inference, from :func:`costs_for`) is needed for the energy method
+    and for target reductions; ``reprofile(module)`` re-measures them on the target."""
+    from toolchain.training import evaluate, outputs, train
+
+    config.validate()
+    module = copy.deepcopy(loaded.module).eval()
+    example = _example(loaded, eval_data)
+    names_all = {n for n, _ in module.named_modules()}
+    unknown = [n for n in config.exclude if n not in names_all]
+    if unknown:
+        raise ToolchainError(f"no layer named {unknown[0]!r} in this model",
+                             hint="layer names are module paths like features.0 (see `toolchain inspect` of its export)")
+    if config.importance == "energy" or config.ratio is None:
+        if not costs:
+            raise ToolchainError("this needs a cost table of the model on the target",
+                                 hint="profile its export: `toolchain profile model.onnx --target T -o costs/`, then "
+                                      "pass --costs costs/costs.json")
+    head = output_layer(module)
+    ignored_names = (*config.exclude, *([head] if head else []))
+
+    def ignored(m) -> list:  # looked up again each step: a rollback swaps the module object
+        found = dict(m.named_modules())
+        return [found[n] for n in ignored_names]
+    labelled = eval_data.labels is not None
+    reference = None if labelled else outputs(loaded, loaded.module, eval_data)
+
+    def metric(m) -> float:
+        r = evaluate(loaded, m, eval_data, reference=reference)
+        return 100 * (r.accuracy if labelled else r.cosine)
+
+    grads = None
+    if config.importance == "taylor":
+        if not labelled:
+            raise ToolchainError("--importance taylor needs labelled data (it differentiates the loss)")
+        grads = _taylor_grads(loaded, train_data)
+
+    base = metric(module)
+    params0, macs0 = count_params(module), count_macs(loaded, module, example)
+    channels0 = _channels(module)
+    total0 = sum(costs.values()) if costs else 0.0
+    current = dict(costs or {})
+    steps: list[StepRecord] = []
+    goal = config.target_energy_reduction or config.target_latency_reduction
+
+    def finetune(m) -> None:
+        if config.finetune_epochs > 0:
+            train(loaded, m, train_data, epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size,
+                  seed=config.seed, teacher=None if labelled else loaded.module,
+                  teacher_loaded=None if labelled else loaded)
+
+    def reduction() -> float:
+        return 1 - sum(current.values()) / total0 if total0 else 0.0
+
+    measured: float | None = None
+    if config.ratio is not None:  # one shot, uniform
+        _prune(loaded, module, example, float(config.ratio), ignored(module), config, grads)
+        finetune(module)
+        acc = metric(module)
+        steps.append(StepRecord(1, ["all"], True, acc, count_params(module), reduction()))
+    else:
+        frozen: set[str] = set()
+        rollbacks = 0
+        for step_no in range(1, config.max_steps + 1):
+            if reduction() >= goal or rollbacks >= 2:
+                break
+            started = time.perf_counter()
+            names = _names(_wrapper(loaded, module))
+            groups = [(r, g) for r, g in _groups(loaded, module, example, ignored(module))
+                      if names.get(r, "").removeprefix("model.") not in frozen]
+            if not groups:
+                break
+            snapshot = copy.deepcopy(module)
+            before = _weight_numel(module)
+            if config.importance == "energy":
+                plain = {k: v.removeprefix("model.") for k, v in names.items()}
+                scores = [config.beta * config.step * _group_cost(g, plain, current) / total0
+                          - config.alpha * _importance_removed(g, config.step) for _, g in groups]
+                root = groups[max(range(len(groups)), key=scores.__getitem__)][0]
+                chosen = [names[root].removeprefix("model.")]
+                _prune(loaded, module, example, {root: config.step}, ignored(module), config, grads)
+            else:
+                chosen = ["all"]
+                _prune(loaded, module, example, float(config.step), ignored(module), config, grads)
+            after = _weight_numel(module)
+            if after == before:  # round_to or tiny layers: nothing left to cut there
+                frozen.update(chosen)
+                continue
+            if progress:
+                progress(f"step {step_no}: pruned {', '.join(chosen)}; fine-tuning")
+            finetune(module)
+            acc = metric(module)
+            kept = base - acc <= config.max_accuracy_drop
+            if kept:
+                for name, n in after.items():  # predicted: a layer's MACs scale with its weight count
+                    if name in current and before.get(name):
+                        current[name] *= n / before[name]
+                rollbacks = 0
+                if reprofile and config.reprofile_every and step_no % config.reprofile_every == 0:
+                    if progress:
+                        progress(f"step {step_no}: re-measuring on the target")
+                    current = dict(reprofile(module))  # hardware in the loop: measured, same target and meter
+                    measured = reduction()
+            else:
+                module = snapshot
+                frozen.update(chosen)
+                rollbacks += 1
+                if config.importance != "energy":
+                    rollbacks = 2  # uniform pruning has nothing else to try
+            steps.append(StepRecord(step_no, chosen, kept, acc, count_params(module), reduction(), measured,
+                                    time.perf_counter() - started))
+    final = metric(module)
+    channels1 = _channels(module)
+    return PruneResult(module=module.eval(), base_metric=base, final_metric=final,
+                       metric_name="accuracy %" if labelled else "cosine x 100",
+                       params_before=params0, params_after=count_params(module), macs_before=macs0,
+                       macs_after=count_macs(loaded, module, example), reduction=reduction(),
+                       reduction_kind="predicted from the cost table" if measured is None else "measured",
+                       steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0})
+
+
+def _taylor_grads(loaded, data) -> Callable[[Any], None]:
+    def compute(module) -> None:
+        import torch
+
+        from toolchain.training import forward, to_torch
+
+        module.zero_grad(set_to_none=True)
+        module.train()
+        batch = next(data.batches(64))
+        labels = torch.as_tensor(data.labels[:len(next(iter(batch.values())))])
+        loss = torch.nn.functional.cross_entropy(forward(loaded, module, to_torch(batch)), labels)
+        loss.backward()
+        module.eval()
+
+    return compute
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def save_pruned(result: PruneResult, loaded, source_spec: str, out_dir: str | Path, config: PruneConfig,
+                extra: dict[str, Any], force: bool = False) -> list[Path]:
+    """``out_dir/weights.pt`` (tensors only) and ``out_dir/pruned.json``, written atomically."""
+    import io
+
+    import torch
+
+    from toolchain.energyprofile import write_outputs
+
+    module = result.module
+    shapes = {}
+    original = dict(loaded.module.named_modules())
+    for name, m in module.named_modules():
+        before = original.get(name)
+        attrs = {a: _jsonable(getattr(m, a)) for a in _ATTRS if hasattr(m, a) and isinstance(getattr(m, a), int | tuple)}
+        if before is not None and any(getattr(before, a, None) != getattr(m, a) for a in attrs):
+            shapes[name] = attrs
+    buf = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, buf)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": source_spec, "source_hash": loaded.source_hash,
+            "source_kind": loaded.kind, "task": loaded.task, "modules": shapes, "config": asdict(config),
+            "result": result.to_dict(), **extra}
+    return write_outputs({WEIGHTS_FILE: buf.getvalue(), PRUNED_FILE: json.dumps(meta, indent=2)}, out_dir, force)
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def is_pruned_dir(path: str | Path) -> bool:
+    return (Path(path) / PRUNED_FILE).is_file()
+
+
+def load_pruned(path: str | Path):
+    """Rebuild a pruned model: load its original source, re-shape the pruned modules, load the tensors
+    (``weights_only=True``: nothing is unpickled but tensors)."""
+    import torch
+
+    from toolchain.models import load_model
+
+    p = Path(path)
+    try:
+        meta = json.loads((p / PRUNED_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ToolchainError(f"{p / PRUNED_FILE}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ToolchainError(f"{p}: not a toolchain pruned model of format version {FORMAT_VERSION}")
+    loaded = load_model(meta["source"], weights=meta.get("weights"), input_shapes=meta.get("input_shapes"))
+    if loaded.source_hash != meta["source_hash"]:
+        raise ToolchainError(f"{p}: its original model {meta['source']!r} has changed since it was pruned "
+                             "(source hash differs)", hint="prune the current model again")
+    try:
+        state = torch.load(p / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ToolchainError(f"{p / WEIGHTS_FILE}: not a tensor file ({type(exc).__name__})") from None
+    module = loaded.module
+    modules = dict(module.named_modules())
+    for name, attrs in meta["modules"].items():
+        m = modules.get(name)
+        if m is None:
+            raise ToolchainError(f"{p}: names a module {name!r} the original model does not have")
+        for a, v in attrs.items():
+            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        m = modules.get(owner)
+        current = getattr(m, leaf, None) if m is not None else None
+        if isinstance(current, torch.nn.Parameter) and current.shape != tensor.shape:
+            setattr(m, leaf, torch.nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad))
+        elif isinstance(current, torch.Tensor) and current.shape != tensor.shape:
+            m._buffers[leaf] = torch.empty_like(tensor)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ToolchainError(f"{p}: the weights do not fit the rebuilt model ({str(exc).splitlines()[0]})") from None
+    module.eval()
+    loaded.source = str(p)
+    loaded.kind = f"pruned ({loaded.kind})"
+    loaded.description = f"{loaded.description}, pruned: {meta['result']['params_after']:,} of " \
+                         f"{meta['result']['params_before']:,} parameters"
+    loaded.input_paths = [*loaded.input_paths, str(p / WEIGHTS_FILE), str(p / PRUNED_FILE)]
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def run_prune_command(*, model: str, ratio, target_energy_reduction, target_latency_reduction, importance: str,
+                      costs: str | None, target_spec: str | None, eval_spec: str, train_spec: str | None, samples: int,
+                      max_accuracy_drop: float, step: float, alpha: float, beta: float, finetune_epochs: int,
+                      lr: float, round_to: int | None, exclude: tuple[str, ...], reprofile_every: int,
+                      meter: str | None, max_steps: int, weights: str | None, input_shapes: list[str],
+                      output: str, force: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """What ``toolchain prune`` does: load, check the cost table, prune, save; returns the report."""
+    from dataclasses import replace
+
+    from toolchain.costs import CostTable
+    from toolchain.data import DataOptions, load_dataset_for
+    from toolchain.models import load_model
+
+    config = PruneConfig(importance=importance, ratio=ratio, target_energy_reduction=target_energy_reduction,
+                         target_latency_reduction=target_latency_reduction, max_accuracy_drop=max_accuracy_drop,
+                         step=step, alpha=alpha, beta=beta, finetune_epochs=finetune_epochs, lr=lr,
+                         round_to=round_to, exclude=exclude, max_steps=max_steps, reprofile_every=reprofile_every)
+    config.validate()
+    out = Path(output)
+    if (out / PRUNED_FILE).exists() and not force:
+        raise ToolchainError(f"{out / PRUNED_FILE} already exists", hint="pass --force to overwrite it")
+    target = None
+    if target_spec:
+        from toolchain.targets import load_target
+
+        target = load_target(target_spec)
+        if config.round_to is None:
+            config.round_to = target.round_to
+    loaded = load_model(model, weights=weights, input_shapes=input_shapes or None)
+    if out.resolve() in [Path(p).resolve() for p in loaded.input_paths]:
+        raise ToolchainError(f"{output}: refusing to overwrite an input; choose another -o")
+    metric = "latency" if target_latency_reduction is not None else "energy"
+    table = per_module = None
+    if costs:
+        table = CostTable.load(costs)
+        per_module = costs_for(table, loaded, module=loaded.module, target_name=target.name if target else None,
+                               metric=metric)
+    data = load_dataset_for(eval_spec, loaded, DataOptions(samples=samples))
+    if train_spec:
+        train_data, eval_data = load_dataset_for(train_spec, loaded, DataOptions(samples=samples)), data
+    else:
+        held = max(1, len(data) // 4)
+        train_data, eval_data = data.take(held, None), data.take(0, held)
+    reprofile = None
+    if reprofile_every:
+        if target is None or table is None:
+            raise ToolchainError("--reprofile-every needs --target and --costs (it re-measures there)")
+        reprofile = _reprofiler(loaded, target, meter or table.meter.get("name"), metric, eval_spec)
+    result = prune_model(loaded, config, train_data, eval_data, costs=per_module, reprofile=reprofile,
+                         progress=progress)
+    extra = {"weights": weights, "input_shapes": input_shapes or None, "target": target.name if target else None,
+             "costs": {"path": str(costs), "model_sha256": table.model.get("sha256"), "meter": table.meter,
+                       "method": table.method} if table else None,
+             "data": {"eval": eval_spec, "train": train_spec, "samples": samples}}
+    files = save_pruned(result, replace(loaded, module=loaded.module), model, out, config, extra, force=force)
+    return {"source": model, "importance": importance, "max_accuracy_drop": max_accuracy_drop, "cost_metric": metric,
+            "costs": str(costs) if costs else None, "target": extra["target"], "config": asdict(config),
+            "result": result.to_dict(), "files": [str(f) for f in files]}
+
+
+def _reprofiler(loaded, target, meter: str | None, metric: str, data_spec: str):
+    """Export the pruned module, profile it on ``target``, and return its per-module costs."""
+    import tempfile
+    from dataclasses import replace
+
+    from toolchain.energyprofile import ProfileOptions, profile_model
+    from toolchain.export import ExportOptions, export_model
+
+    def measure(module) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix="toolchain-reprofile-") as tmp:
+            path = Path(tmp) / "pruned.onnx"
+            export_model(replace(loaded, module=module), path, ExportOptions(parity=False))
+            table = profile_model(path, target, ProfileOptions(meter=meter, repeats=3, profile_runs=10,
+                                                               data=data_spec if data_spec.startswith("builtin:") else None))
+        return {r.module: (r.energy_j_mean if metric == "energy" else r.latency_ms_mean) for r in table.rows}
+
+    return measure
