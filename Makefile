@@ -41,10 +41,16 @@ demo: install
 	$(VENV)/bin/toolchain compare out/minilm.onnx out/minilm.int8.onnx --targets $(TARGET) --meter $(METER) \
 		--data builtin:drugreviews -o out/minilm.compare --force
 
-bench: install
+# Fashion-MNIST for the pruning benchmark: Debian's package (needs root and the Debian registry)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+$(FASHION):
+	apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+bench: install $(FASHION)
 	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_profile.py
+	$(PY) benchmarks/bench_prune.py
 
 lint: install
 	$(VENV)/bin/ruff check toolchain tests benchmarks

@@ -86,3 +86,23 @@ def test_unknown_specs(mnist_cnn):
                           ("builtin:drugreviews", "tokenizer")):
         with pytest.raises(ToolchainError, match=message):
             load_dataset(spec, result.path)
+
+
+def test_fashion_mnist_reader_on_a_fake_idx_tree(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from toolchain.data import fashion_mnist
+    from toolchain.errors import ToolchainError
+
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") + (28).to_bytes(4, "big"))
+        f.write(images.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + bytes([7, 3]))
+    x, y = fashion_mnist("test", root=tmp_path)
+    assert (x == images).all() and y.tolist() == [7, 3]
+    with pytest.raises(ToolchainError, match="dataset-fashion-mnist"):
+        fashion_mnist("train", root=tmp_path)

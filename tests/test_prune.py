@@ -114,3 +114,21 @@ def test_rolled_back_steps_keep_the_head_and_taylor_runs(mnist_costs, tmp_path):
                                   "builtin:mnist", *FAST, "-o", str(tmp_path / "t"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["result"]["params_after"] < json.loads(r.output)["result"]["params_before"]
+
+
+def test_transformer_heads_and_mlp_width_are_cut_coherently(tmp_path):
+    out = tmp_path / "bert"
+    r = CliRunner().invoke(main, ["prune", "tiny-bert", "--importance", "l2", "--ratio", "0.5", "--eval", "random",
+                                  "--samples", "40", "--epochs", "0", "--max-accuracy-drop", "100", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    channels = json.loads(r.output)["result"]["channels"]
+    heads = {k: v for k, v in channels.items() if k.endswith("(heads)")}
+    assert heads and all(after == before // 2 for before, after in heads.values())
+    mlp = {k: v for k, v in channels.items() if k.endswith("intermediate.dense")}
+    assert mlp and all(after < before for before, after in mlp.values())
+    loaded = load_pruned(out)
+    block = next(m for m in loaded.module.modules() if hasattr(m, "num_attention_heads") and hasattr(m, "query"))
+    assert block.all_head_size == block.query.out_features == block.num_attention_heads * block.attention_head_size
+    onnx_path = tmp_path / "bert.onnx"
+    r = CliRunner().invoke(main, ["export", str(out), "-o", str(onnx_path)])  # parity against PyTorch included
+    assert r.exit_code == 0, r.output

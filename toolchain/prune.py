@@ -56,7 +56,7 @@ class PruneConfig:
     alpha: float = 1.0  # weight of the importance removed
     beta: float = 1.0  # weight of the energy saved
     finetune_epochs: int = 1
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-3, or 5e-5 for transformers
     batch_size: int = 64
     round_to: int | None = None
     exclude: tuple[str, ...] = ()
@@ -182,7 +182,7 @@ def _groups(loaded, module, example, ignored: list) -> list[tuple[Any, Any]]:
     from torch import nn
 
     wrapper = _wrapper(loaded, module)
-    dg = tp.DependencyGraph().build_dependency(wrapper, example_inputs=example)
+    dg = tp.DependencyGraph().build_dependency(wrapper, example_inputs=example, output_transform=_sum_outputs)
     out = []
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Conv1d, nn.Linear]):
         root = group[0].dep.target.module
@@ -215,8 +215,92 @@ def _prune(loaded, module, example, ratios: dict[Any, float] | float, ignored: l
     kwargs: dict[str, Any] = {"pruning_ratio": ratios} if isinstance(ratios, float) else {
         "pruning_ratio": 0.0, "pruning_ratio_dict": ratios}
     pruner = tp.pruner.BasePruner(wrapper, example, importance=_importance(config.importance), ignored_layers=ignored,
-                                  round_to=config.round_to, global_pruning=False, **kwargs)
+                                  round_to=config.round_to, global_pruning=False, output_transform=_sum_outputs,
+                                  **kwargs)
     pruner.step()
+    module.zero_grad(set_to_none=True)
+
+
+def _sum_outputs(out):
+    return sum(o.float().sum() for o in out) if isinstance(out, tuple | list) else out.float().sum()
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+# BERT-family encoders (MiniLM): whole attention heads (query/key/value rows of a head, the output
+# projection's columns) and MLP width (intermediate rows, output columns) are cut; the residual width
+# stays. Units are ("heads", layer path) and ("mlp", layer path).
+
+
+def attention_blocks(module) -> dict[str, Any]:
+    """Self-attention modules with ``num_attention_heads`` and query/key/value projections, by path."""
+    return {n: m for n, m in module.named_modules()
+            if hasattr(m, "num_attention_heads") and all(hasattr(m, k) for k in ("query", "key", "value"))}
+
+
+def _mlp_layers(module) -> dict[str, Any]:
+    return {n: m for n, m in module.named_modules() if n.endswith("intermediate.dense")}
+
+
+def transformer_units(module) -> list[tuple[str, str]]:
+    units = [("heads", n) for n, m in attention_blocks(module).items() if m.num_attention_heads > 1]
+    units += [("mlp", n) for n, m in _mlp_layers(module).items() if m.out_features > 8]
+    return units
+
+
+def _unit_modules(kind: str, name: str) -> list[str]:
+    """Module paths whose cost a unit's width scales (for the cost table)."""
+    if kind == "heads":  # .../attention/self -> its projections, itself, and .../attention/output/dense
+        parent = name.rsplit(".", 1)[0]
+        return [name, f"{name}.query", f"{name}.key", f"{name}.value", f"{parent}.output.dense"]
+    layer = name.rsplit(".", 2)[0]  # .../intermediate/dense -> the layer
+    return [name, f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn", f"{layer}.output.dense"]
+
+
+def _unit_importance_removed(module, kind: str, name: str, step: float) -> float:
+    """Share of the unit's weight norm (heads: per head, over q/k/v rows) a step would remove."""
+    import torch
+
+    m = dict(module.named_modules())[name]
+    if kind == "heads":
+        heads = m.num_attention_heads
+        w = torch.cat([getattr(m, k).weight.detach() for k in ("query", "key", "value")], dim=1)
+        scores = w.view(heads, -1).norm(dim=1)
+        k = max(1, math.ceil(step * heads))
+    else:
+        scores = m.weight.detach().norm(dim=1)
+        k = max(1, int(step * len(scores)))
+    s = scores.sort().values
+    return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
+
+
+def _prune_transformer(loaded, module, example, units: list[tuple[str, str]], config: PruneConfig) -> None:
+    """Cut a step of heads / MLP width from ``units`` with Torch-Pruning, then fix the attention modules'
+    head counts so the model still runs and exports."""
+    import torch_pruning as tp
+
+    wrapper = _wrapper(loaded, module)
+    mods = dict(module.named_modules())
+    blocks = attention_blocks(module)
+    num_heads = {getattr(b, k): b.num_attention_heads for b in blocks.values() for k in ("query", "key", "value")}
+    ratios: dict[Any, float] = {}
+    head_ratios: dict[Any, float] = {}
+    for kind, name in units:
+        if kind == "heads":
+            b = blocks[name]
+            ratios[b.query] = 1e-6  # a scope of its own, so Torch-Pruning visits the group; heads decide the cut
+            for k in ("query", "key", "value"):
+                head_ratios[getattr(b, k)] = config.step
+        else:
+            ratios[mods[name]] = config.step
+    pruner = tp.pruner.BasePruner(wrapper, example, importance=_importance(config.importance), pruning_ratio=0.0,
+                                  pruning_ratio_dict=ratios, num_heads=num_heads, prune_num_heads=True,
+                                  prune_head_dims=False, head_pruning_ratio_dict=head_ratios or None,
+                                  round_to=config.round_to, global_pruning=False, output_transform=_sum_outputs)
+    pruner.step()
+    for b in blocks.values():
+        b.num_attention_heads = pruner.num_heads[b.query]
+        b.all_head_size = b.query.out_features
+        b.attention_head_size = b.query.out_features // b.num_attention_heads
     module.zero_grad(set_to_none=True)
 
 
@@ -229,6 +313,8 @@ def _channels(module) -> dict[str, int]:
             out[name] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[name] = m.out_features
+    for name, b in attention_blocks(module).items():
+        out[f"{name} (heads)"] = b.num_attention_heads
     return out
 
 
@@ -314,7 +400,9 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
     def ignored(m) -> list:  # looked up again each step: a rollback swaps the module object
         found = dict(m.named_modules())
         return [found[n] for n in ignored_names]
-    labelled = eval_data.labels is not None
+    transformer = bool(attention_blocks(module))
+    # accuracy where the model has logits for the labels; else (embeddings) cosine to the unpruned outputs
+    labelled = eval_data.labels is not None and evaluate(loaded, module, eval_data).accuracy is not None
     reference = None if labelled else outputs(loaded, loaded.module, eval_data)
 
     def metric(m) -> float:
@@ -335,9 +423,12 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
     steps: list[StepRecord] = []
     goal = config.target_energy_reduction or config.target_latency_reduction
 
+    lr = config.lr or (5e-5 if transformer else 1e-3)
+
     def finetune(m) -> None:
         if config.finetune_epochs > 0:
-            train(loaded, m, train_data, epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size,
+            train(loaded, m, train_data, epochs=config.finetune_epochs, lr=lr,
+                  batch_size=min(config.batch_size, 16) if transformer else config.batch_size,
                   seed=config.seed, teacher=None if labelled else loaded.module,
                   teacher_loaded=None if labelled else loaded)
 
@@ -346,7 +437,11 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
 
     measured: float | None = None
     if config.ratio is not None:  # one shot, uniform
-        _prune(loaded, module, example, float(config.ratio), ignored(module), config, grads)
+        if transformer:
+            _prune_transformer(loaded, module, example, transformer_units(module),
+                               PruneConfig(**{**asdict(config), "step": config.ratio}))
+        else:
+            _prune(loaded, module, example, float(config.ratio), ignored(module), config, grads)
         finetune(module)
         acc = metric(module)
         steps.append(StepRecord(1, ["all"], True, acc, count_params(module), reduction()))
@@ -357,23 +452,38 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
             if reduction() >= goal or rollbacks >= 2:
                 break
             started = time.perf_counter()
-            names = _names(_wrapper(loaded, module))
-            groups = [(r, g) for r, g in _groups(loaded, module, example, ignored(module))
-                      if names.get(r, "").removeprefix("model.") not in frozen]
-            if not groups:
-                break
             snapshot = copy.deepcopy(module)
             before = _weight_numel(module)
-            if config.importance == "energy":
-                plain = {k: v.removeprefix("model.") for k, v in names.items()}
-                scores = [config.beta * config.step * _group_cost(g, plain, current) / total0
-                          - config.alpha * _importance_removed(g, config.step) for _, g in groups]
-                root = groups[max(range(len(groups)), key=scores.__getitem__)][0]
-                chosen = [names[root].removeprefix("model.")]
-                _prune(loaded, module, example, {root: config.step}, ignored(module), config, grads)
+            heads_before = {n: b.num_attention_heads for n, b in attention_blocks(module).items()}
+            if transformer:  # units: a step of heads, or of MLP width, in one layer
+                units = [u for u in transformer_units(module) if f"{u[0]}:{u[1]}" not in frozen
+                         and not (set(_unit_modules(*u)) & set(config.exclude))]
+                if not units:
+                    break
+                if config.importance == "energy":
+                    scores = [config.beta * config.step * sum(current.get(m, 0.0) for m in _unit_modules(*u)) / total0
+                              - config.alpha * _unit_importance_removed(module, u[0], u[1], config.step) for u in units]
+                    units = [units[max(range(len(units)), key=scores.__getitem__)]]
+                    chosen = [f"{units[0][0]}:{units[0][1]}"]
+                else:
+                    chosen = ["all"]
+                _prune_transformer(loaded, module, example, units, config)
             else:
-                chosen = ["all"]
-                _prune(loaded, module, example, float(config.step), ignored(module), config, grads)
+                names = _names(_wrapper(loaded, module))
+                groups = [(r, g) for r, g in _groups(loaded, module, example, ignored(module))
+                          if names.get(r, "").removeprefix("model.") not in frozen]
+                if not groups:
+                    break
+                if config.importance == "energy":
+                    plain = {k: v.removeprefix("model.") for k, v in names.items()}
+                    scores = [config.beta * config.step * _group_cost(g, plain, current) / total0
+                              - config.alpha * _importance_removed(g, config.step) for _, g in groups]
+                    root = groups[max(range(len(groups)), key=scores.__getitem__)][0]
+                    chosen = [names[root].removeprefix("model.")]
+                    _prune(loaded, module, example, {root: config.step}, ignored(module), config, grads)
+                else:
+                    chosen = ["all"]
+                    _prune(loaded, module, example, float(config.step), ignored(module), config, grads)
             after = _weight_numel(module)
             if after == before:  # round_to or tiny layers: nothing left to cut there
                 frozen.update(chosen)
@@ -387,6 +497,15 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                 for name, n in after.items():  # predicted: a layer's MACs scale with its weight count
                     if name in current and before.get(name):
                         current[name] *= n / before[name]
+                for name, b in attention_blocks(module).items():  # attention scores scale with the heads
+                    if name in current and heads_before.get(name):
+                        current[name] *= b.num_attention_heads / heads_before[name]
+                for name in _mlp_layers(module):  # the activation scales with the MLP width
+                    layer = name.rsplit(".", 2)[0]
+                    ratio = after.get(name, 0) / before[name] if before.get(name) else 1.0
+                    for extra in (f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn"):
+                        if extra in current:
+                            current[extra] *= ratio
                 rollbacks = 0
                 if reprofile and config.reprofile_every and step_no % config.reprofile_every == 0:
                     if progress:
@@ -521,7 +640,7 @@ def load_pruned(path: str | Path):
 def run_prune_command(*, model: str, ratio, target_energy_reduction, target_latency_reduction, importance: str,
                       costs: str | None, target_spec: str | None, eval_spec: str, train_spec: str | None, samples: int,
                       max_accuracy_drop: float, step: float, alpha: float, beta: float, finetune_epochs: int,
-                      lr: float, round_to: int | None, exclude: tuple[str, ...], reprofile_every: int,
+                      lr: float | None, round_to: int | None, exclude: tuple[str, ...], reprofile_every: int,
                       meter: str | None, max_steps: int, weights: str | None, input_shapes: list[str],
                       output: str, force: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """What ``toolchain prune`` does: load, check the cost table, prune, save; returns the report."""
