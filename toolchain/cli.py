@@ -54,6 +54,11 @@ class LazyGroup(click.Group):
             _fail(str(exc), exc.exit_code, ctx)
         except KeyboardInterrupt:
             _fail("interrupted", 130, ctx)
+        except BrokenPipeError:  # `toolchain ... | head`: the reader left; nothing to report
+            import os
+
+            sys.stderr.close()
+            os._exit(141)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # an unexpected failure: still one line unless -v asks for the traceback
