@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--meter", help="power meter (default: RAPL if readable here, else the labelled estimate)")
     parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
     parser.add_argument("--step", type=float, default=0.1)
-    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--eval-samples", type=int, default=2000)
     parser.add_argument("--fashion-epochs", type=int, default=3)

@@ -8,10 +8,11 @@ Two ways to choose what to cut, at the same accuracy budget:
   layer group the index ``I = beta * dE/E_total - alpha * dW/W`` trades the energy a step would save
   (from the target's cost table: ``E_l(dense) - E_l(sparse)``, the sparse cost predicted by the MACs the
   step leaves) against the share of the group's weight norm it removes; each step prunes the group with
-  the highest index (energy per unit of importance). Its Algorithm 1: baseline accuracy and cost table,
-  prune a step, fine-tune briefly, evaluate, roll the step back when accuracy falls below the budget (the
-  group is then frozen; two rollbacks in a row stop), re-profile every ``reprofile_every`` steps on the
-  target, until the energy target is met.
+  the highest index (energy per unit of importance); the best ``trials`` by that index are tried on
+  copies, and the one that saves the most energy per point of accuracy lost wins (NetAdapt). Its
+  Algorithm 1: baseline accuracy and cost table, prune a step, fine-tune briefly, evaluate, roll the step
+  back when accuracy falls below the budget (the group is then frozen; ``patience`` rollbacks in a row
+  stop), re-profile every ``reprofile_every`` steps on the target, until the energy target is met.
 
 Pruned models are saved as plain tensors (``weights.pt``, loadable with ``weights_only=True``) plus
 ``pruned.json`` (the original model's source and hash, and every pruned module's new shape); loading
@@ -61,6 +62,8 @@ class PruneConfig:
     round_to: int | None = None
     exclude: tuple[str, ...] = ()
     max_steps: int = 40
+    trials: int = 3  # energy: candidates tried on copies each step (NetAdapt)
+    patience: int = 3  # energy: consecutive rolled-back steps before stopping
     reprofile_every: int = 0
     seed: int = 0
 
@@ -448,65 +451,38 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
     else:
         frozen: set[str] = set()
         rollbacks = 0
+        now = base
         for step_no in range(1, config.max_steps + 1):
-            if reduction() >= goal or rollbacks >= 2:
+            if reduction() >= goal or rollbacks >= config.patience:
                 break
             started = time.perf_counter()
             snapshot = copy.deepcopy(module)
-            before = _weight_numel(module)
-            heads_before = {n: b.num_attention_heads for n, b in attention_blocks(module).items()}
-            if transformer:  # units: a step of heads, or of MLP width, in one layer
-                units = [u for u in transformer_units(module) if f"{u[0]}:{u[1]}" not in frozen
-                         and not (set(_unit_modules(*u)) & set(config.exclude))]
-                if not units:
+            if config.importance == "energy":
+                picked = _netadapt_step(loaded, module, example, config, current, total0, frozen, ignored, grads,
+                                        metric, now)
+                if picked is None:
                     break
-                if config.importance == "energy":
-                    scores = [config.beta * config.step * sum(current.get(m, 0.0) for m in _unit_modules(*u)) / total0
-                              - config.alpha * _unit_importance_removed(module, u[0], u[1], config.step) for u in units]
-                    units = [units[max(range(len(units)), key=scores.__getitem__)]]
-                    chosen = [f"{units[0][0]}:{units[0][1]}"]
-                else:
-                    chosen = ["all"]
-                _prune_transformer(loaded, module, example, units, config)
+                chosen, module, predicted = [picked[0]], picked[1], picked[2]
             else:
-                names = _names(_wrapper(loaded, module))
-                groups = [(r, g) for r, g in _groups(loaded, module, example, ignored(module))
-                          if names.get(r, "").removeprefix("model.") not in frozen]
-                if not groups:
-                    break
-                if config.importance == "energy":
-                    plain = {k: v.removeprefix("model.") for k, v in names.items()}
-                    scores = [config.beta * config.step * _group_cost(g, plain, current) / total0
-                              - config.alpha * _importance_removed(g, config.step) for _, g in groups]
-                    root = groups[max(range(len(groups)), key=scores.__getitem__)][0]
-                    chosen = [names[root].removeprefix("model.")]
-                    _prune(loaded, module, example, {root: config.step}, ignored(module), config, grads)
+                before = _weight_numel(module)
+                heads_before = _heads(module)
+                if transformer:
+                    _prune_transformer(loaded, module, example, [u for u in transformer_units(module)
+                                                                 if not set(_unit_modules(*u)) & set(config.exclude)],
+                                       config)
                 else:
-                    chosen = ["all"]
                     _prune(loaded, module, example, float(config.step), ignored(module), config, grads)
-            after = _weight_numel(module)
-            if after == before:  # round_to or tiny layers: nothing left to cut there
-                frozen.update(chosen)
-                continue
+                chosen = ["all"]
+                if _weight_numel(module) == before:
+                    break  # round_to or minimum sizes: nothing left to cut
+                predicted = _predict_costs(current, module, before, _weight_numel(module), heads_before)
             if progress:
                 progress(f"step {step_no}: pruned {', '.join(chosen)}; fine-tuning")
             finetune(module)
             acc = metric(module)
             kept = base - acc <= config.max_accuracy_drop
             if kept:
-                for name, n in after.items():  # predicted: a layer's MACs scale with its weight count
-                    if name in current and before.get(name):
-                        current[name] *= n / before[name]
-                for name, b in attention_blocks(module).items():  # attention scores scale with the heads
-                    if name in current and heads_before.get(name):
-                        current[name] *= b.num_attention_heads / heads_before[name]
-                for name in _mlp_layers(module):  # the activation scales with the MLP width
-                    layer = name.rsplit(".", 2)[0]
-                    ratio = after.get(name, 0) / before[name] if before.get(name) else 1.0
-                    for extra in (f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn"):
-                        if extra in current:
-                            current[extra] *= ratio
-                rollbacks = 0
+                current, now, rollbacks = predicted, acc, 0
                 if reprofile and config.reprofile_every and step_no % config.reprofile_every == 0:
                     if progress:
                         progress(f"step {step_no}: re-measuring on the target")
@@ -517,7 +493,7 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                 frozen.update(chosen)
                 rollbacks += 1
                 if config.importance != "energy":
-                    rollbacks = 2  # uniform pruning has nothing else to try
+                    rollbacks = config.patience  # uniform pruning has nothing else to try
             steps.append(StepRecord(step_no, chosen, kept, acc, count_params(module), reduction(), measured,
                                     time.perf_counter() - started))
     final = metric(module)
@@ -528,6 +504,78 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                        macs_after=count_macs(loaded, module, example), reduction=reduction(),
                        reduction_kind="predicted from the cost table" if measured is None else "measured",
                        steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0})
+
+
+def _heads(module) -> dict[str, int]:
+    return {n: b.num_attention_heads for n, b in attention_blocks(module).items()}
+
+
+def _predict_costs(current: dict[str, float], module, before: dict[str, int], after: dict[str, int],
+                   heads_before: dict[str, int]) -> dict[str, float]:
+    """Per-module costs after a step, predicted: a layer's MACs scale with its weight count, attention
+    scores with the heads, an MLP's activation with its width."""
+    out = dict(current)
+    for name, n in after.items():
+        if name in out and before.get(name):
+            out[name] *= n / before[name]
+    for name, b in attention_blocks(module).items():
+        if name in out and heads_before.get(name):
+            out[name] *= b.num_attention_heads / heads_before[name]
+    for name in _mlp_layers(module):
+        layer = name.rsplit(".", 2)[0]
+        ratio = after.get(name, 0) / before[name] if before.get(name) else 1.0
+        for extra in (f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn"):
+            if extra in out:
+                out[extra] *= ratio
+    return out
+
+
+def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[str, float], total0: float,
+                   frozen: set[str], ignored, grads, metric, now: float):
+    """One energy-aware step: rank the candidates (layer groups, or heads / MLP width of one transformer
+    layer) by the index ``beta * dE/E - alpha * dW/W``, try the best ``config.trials`` of them on copies of
+    the model, and keep the one that saves the most energy per point of accuracy lost before fine-tuning
+    (NetAdapt). Returns (label, pruned copy, predicted costs), or None when nothing can be cut."""
+    candidates: list[tuple[str, float, Callable[[Any], None]]] = []
+    if attention_blocks(module):
+        for kind, name in transformer_units(module):
+            label = f"{kind}:{name}"
+            if label in frozen or set(_unit_modules(kind, name)) & set(config.exclude):
+                continue
+            index = (config.beta * config.step * sum(current.get(m, 0.0) for m in _unit_modules(kind, name)) / total0
+                     - config.alpha * _unit_importance_removed(module, kind, name, config.step))
+            candidates.append((label, index, lambda m, u=(kind, name): _prune_transformer(loaded, m, example, [u],
+                                                                                             config)))
+    else:
+        names = _names(_wrapper(loaded, module))
+        plain = {k: v.removeprefix("model.") for k, v in names.items()}
+        for root, group in _groups(loaded, module, example, ignored(module)):
+            label = plain.get(root, "")
+            if not label or label in frozen:
+                continue
+            index = (config.beta * config.step * _group_cost(group, plain, current) / total0
+                     - config.alpha * _importance_removed(group, config.step))
+
+            def apply(m, label=label) -> None:
+                _prune(loaded, m, example, {dict(_wrapper(loaded, m).named_modules())["model." + label]: config.step},
+                       ignored(m), config, grads)
+            candidates.append((label, index, apply))
+    candidates.sort(key=lambda c: c[1], reverse=True)
+    best = None
+    for label, _, apply in candidates[:max(1, config.trials)]:
+        trial = copy.deepcopy(module)
+        before, heads_before = _weight_numel(trial), _heads(trial)
+        apply(trial)
+        after = _weight_numel(trial)
+        if after == before:  # round_to or minimum sizes: nothing left to cut there
+            frozen.add(label)
+            continue
+        predicted = _predict_costs(current, trial, before, after, heads_before)
+        saved = sum(current.values()) - sum(predicted.values())
+        score = saved / (max(now - metric(trial), 0.0) + 0.05)
+        if best is None or score > best[0]:
+            best = (score, label, trial, predicted)
+    return None if best is None else best[1:]
 
 
 def _taylor_grads(loaded, data) -> Callable[[Any], None]:
@@ -642,7 +690,8 @@ def run_prune_command(*, model: str, ratio, target_energy_reduction, target_late
                       max_accuracy_drop: float, step: float, alpha: float, beta: float, finetune_epochs: int,
                       lr: float | None, round_to: int | None, exclude: tuple[str, ...], reprofile_every: int,
                       meter: str | None, max_steps: int, weights: str | None, input_shapes: list[str],
-                      output: str, force: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      output: str, force: bool, trials: int = 3, patience: int = 3,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """What ``toolchain prune`` does: load, check the cost table, prune, save; returns the report."""
     from dataclasses import replace
 
@@ -653,7 +702,8 @@ def run_prune_command(*, model: str, ratio, target_energy_reduction, target_late
     config = PruneConfig(importance=importance, ratio=ratio, target_energy_reduction=target_energy_reduction,
                          target_latency_reduction=target_latency_reduction, max_accuracy_drop=max_accuracy_drop,
                          step=step, alpha=alpha, beta=beta, finetune_epochs=finetune_epochs, lr=lr,
-                         round_to=round_to, exclude=exclude, max_steps=max_steps, reprofile_every=reprofile_every)
+                         round_to=round_to, exclude=exclude, max_steps=max_steps, reprofile_every=reprofile_every,
+                         trials=trials, patience=patience)
     config.validate()
     out = Path(output)
     if (out / PRUNED_FILE).exists() and not force:

@@ -40,6 +40,10 @@ from toolchain.commands._common import emit, is_quiet, json_option, json_safe_st
               help="Re-measure the pruned model on the target every K kept steps (0: predict from MACs).")
 @click.option("--meter", type=click.Choice(["rapl", "nvml", "jetson", "estimate"]), help="Meter for --reprofile-every.")
 @click.option("--max-steps", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
+              help="energy: candidates tried on copies each step; the one saving most energy per point lost wins.")
+@click.option("--patience", type=click.IntRange(1), default=3, show_default=True,
+              help="energy: rolled-back steps in a row before stopping.")
 @click.option("--weights", help="State dict for a module:factory MODEL.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Input spec for a module:factory MODEL.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the pruned model.")
@@ -48,7 +52,7 @@ from toolchain.commands._common import emit, is_quiet, json_option, json_safe_st
 @click.pass_context
 def prune(ctx, model, ratio, target_energy_reduction, target_latency_reduction, importance, costs, target_spec, eval_,
           train_, samples, max_accuracy_drop, step, alpha, beta, finetune_epochs, lr, round_to, exclude,
-          reprofile_every, meter, max_steps, weights, input_shapes, output, force, as_json) -> None:
+          reprofile_every, meter, max_steps, trials, patience, weights, input_shapes, output, force, as_json) -> None:
     """Prune MODEL structurally, cutting first what costs the most energy on the target.
 
     \b
@@ -76,7 +80,7 @@ def prune(ctx, model, ratio, target_energy_reduction, target_latency_reduction, 
             target_spec=target_spec, eval_spec=eval_, train_spec=train_, samples=samples,
             max_accuracy_drop=max_accuracy_drop, step=step, alpha=alpha, beta=beta, finetune_epochs=finetune_epochs,
             lr=lr, round_to=round_to, exclude=tuple(exclude), reprofile_every=reprofile_every, meter=meter,
-            max_steps=max_steps, weights=weights, input_shapes=list(input_shapes), output=output, force=force,
+            max_steps=max_steps, trials=trials, patience=patience, weights=weights, input_shapes=list(input_shapes), output=output, force=force,
             progress=progress)
 
     def render(console) -> None:
