@@ -51,6 +51,7 @@ bench: install $(FASHION)
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_profile.py
 	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_distill.py
 
 lint: install
 	$(VENV)/bin/ruff check toolchain tests benchmarks
