@@ -205,3 +205,24 @@ def test_profile_bad_input(tmp_path):
     assert r.exit_code == 2 and "no-such-target" in r.output
     r = CliRunner().invoke(main, ["profile", str(bad), "--meter", "rapl", "--watts", "10"])
     assert r.exit_code == 2 and "--meter estimate" in r.output
+
+
+def test_a_model_without_node_map_fails_before_measuring(tmp_path, monkeypatch):
+    from onnx import save
+
+    import toolchain.energyprofile as ep
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured a model whose layers cannot be named")
+
+    monkeypatch.setattr(ep, "measure", no_measuring)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "plain.onnx"))
+    r = CliRunner().invoke(main, ["profile", str(tmp_path / "plain.onnx"), "--meter", "estimate", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no node-to-module map" in r.output
+    assert not (tmp_path / "o").exists()

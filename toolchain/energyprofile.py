@@ -70,6 +70,16 @@ def target_meter(target, options: ProfileOptions) -> Meter:
     raise MeterUnavailableError(first.message, hint=(first.hint or "") + extra)
 
 
+def check_mapped(model_path: str | Path) -> None:
+    """Fail before measuring when the model carries no node-to-module map (layers could not be named)."""
+    from toolchain.data import model_metadata
+    from toolchain.nodemap import MAP_KEY
+
+    if MAP_KEY not in model_metadata(model_path):
+        raise ToolchainError(f"{model_path}: no node-to-module map in the model's metadata",
+                             hint="export it with `toolchain export` (layers can only be named for models it exported)")
+
+
 def check_usable(target) -> None:
     from toolchain.targets import usable
 
@@ -153,6 +163,7 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
 def profile_model(model_path: str | Path, target, options: ProfileOptions,
                   progress: Callable[[str], None] | None = None) -> CostTable:
     """Measure ``model_path`` on ``target`` and return its per-layer cost table."""
+    check_mapped(model_path)
     check_usable(target)
     feeds, source = make_feeds(model_path, options)
     meter = target_meter(target, options)
@@ -232,6 +243,8 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
     names = [str(p) for p in model_paths]
     if len(set(Path(n).resolve() for n in names)) != len(names):
         raise ToolchainError("the same model is given twice")
+    for name in names:
+        check_mapped(name)
     tables: dict[tuple[str, str], CostTable] = {}
     skipped: dict[str, str] = {}
     for target in targets:
