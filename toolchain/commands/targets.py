@@ -25,7 +25,8 @@ def targets(specs: tuple[str, ...], as_json: bool) -> None:
     A target is usable when this machine has the architecture and CPU flags it requires and every one of
     its execution providers really runs a session here (an onnxruntime build without the provider, or one
     that falls back to CPU, does not count); otherwise the reason says how to fix it. Meters are reported
-    but not required: an unreadable meter only means energy is not measured (see `toolchain doctor`).
+    but not required here: `profile` and `compare` stop with the fix when no meter of the target can be
+    read, unless --meter estimate asks for a labelled estimate (see `toolchain doctor`).
 
     \b
     Write your own: copy a file from targets/ (targets/README.md lists every key).
@@ -86,8 +87,8 @@ def targets(specs: tuple[str, ...], as_json: bool) -> None:
             t.add_row(escape(row["name"]), escape(providers), meters, f"{row['carbon']['intensity_g_per_kwh']:g}",
                       escape(row["quantization_preset"]), verdict)
         console.print(t)
-        console.print("  providers in priority order; an unreadable meter leaves energy unmeasured "
-                      "(`toolchain doctor` says how to fix it)")
+        console.print("  providers in priority order; with no readable meter, profile/compare stop with the fix "
+                      "(`toolchain doctor`) unless --meter estimate asks for a labelled estimate")
 
     emit({"targets": rows}, as_json, render)
 
