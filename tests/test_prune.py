@@ -132,3 +132,15 @@ def test_transformer_heads_and_mlp_width_are_cut_coherently(tmp_path):
     onnx_path = tmp_path / "bert.onnx"
     r = CliRunner().invoke(main, ["export", str(out), "-o", str(onnx_path)])  # parity against PyTorch included
     assert r.exit_code == 0, r.output
+
+
+def test_reprofile_measures_the_pruned_model_on_the_target(mnist_costs, tmp_path):
+    """Hardware in the loop: every kept step is exported and profiled again (estimate meter here)."""
+    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--costs", str(mnist_costs), "--target", "x86-cpu",
+                                  "--target-energy-reduction", "0.9", "--eval", "builtin:mnist", "--max-accuracy-drop", "5",
+                                  "--samples", "400", "--epochs", "1", "--max-steps", "2", "--step", "0.25",
+                                  "--reprofile-every", "1", "--meter", "estimate", "-o", str(tmp_path / "r"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)["result"]
+    kept = [s for s in res["steps"] if s["kept"]]
+    assert kept and all(s["measured_reduction"] is not None for s in kept) and res["reduction_kind"] == "measured"

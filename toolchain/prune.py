@@ -439,6 +439,13 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
         return 1 - sum(current.values()) / total0 if total0 else 0.0
 
     measured: float | None = None
+    baseline_measured = 0.0
+    if reprofile and config.reprofile_every and config.ratio is None:
+        # the unpruned model measured by the same re-profiler, now: the cost table may come from another
+        # time (machine state) or meter settings, and a reduction is only meaningful against a like figure
+        if progress:
+            progress("re-measuring the unpruned model on the target")
+        baseline_measured = sum(reprofile(loaded.module).values())
     if config.ratio is not None:  # one shot, uniform
         if transformer:
             _prune_transformer(loaded, module, example, transformer_units(module),
@@ -486,8 +493,10 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                 if reprofile and config.reprofile_every and step_no % config.reprofile_every == 0:
                     if progress:
                         progress(f"step {step_no}: re-measuring on the target")
-                    current = dict(reprofile(module))  # hardware in the loop: measured, same target and meter
-                    measured = reduction()
+                    fresh = reprofile(module)  # hardware in the loop: measured, same target and meter
+                    measured = 1 - sum(fresh.values()) / baseline_measured if baseline_measured else None
+                    scale = total0 / baseline_measured if baseline_measured else 1.0  # in the table's units
+                    current = {k: v * scale for k, v in fresh.items()}
             else:
                 module = snapshot
                 frozen.update(chosen)
