@@ -54,14 +54,14 @@ def layers_alone(path: Path, feeds, runs: int) -> dict:
     import onnx
     from onnx.utils import Extractor
 
-    from toolchain.costs import attribute
+    from toolchain.costs import attribute, with_input_shapes
     from toolchain.profiling import profile_nodes
     from toolchain.runtime import create_session
 
     prof = profile_nodes(path, feeds, runs=runs, warmup=3, reference=True)
     rows, _ = attribute(path, prof, feeds, (0.0, 0.0))
     model = onnx.load(str(path))
-    inferred = _with_shapes(model, feeds)
+    inferred = with_input_shapes(model, feeds)
     shapes = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
               + list(inferred.graph.output)}
     inits = {i.name for i in model.graph.initializer}
@@ -115,23 +115,6 @@ def layers_alone(path: Path, feeds, runs: int) -> dict:
 
 def _is_constant(model, node_name) -> bool:
     return any(n.name == node_name and n.op_type == "Constant" for n in model.graph.node) if node_name else False
-
-
-def _with_shapes(model, feeds):
-    import onnx
-    from onnx import shape_inference
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.value_info[:]
-    for inp in m.graph.input:
-        if inp.name in feeds:
-            for d, size in zip(inp.type.tensor_type.shape.dim, feeds[inp.name].shape, strict=False):
-                d.Clear()
-                d.dim_value = int(size)
-    for out in m.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    return shape_inference.infer_shapes(m, data_prop=True)
 
 
 def _random_like(vi):

@@ -50,8 +50,9 @@ def _dims(value_info) -> list[int] | None:
     return None if any(d < 0 for d in dims) else dims
 
 
-def graph_stats(model, feeds: dict[str, np.ndarray]) -> dict[str, NodeStats]:
-    """:class:`NodeStats` per node of ``model`` (an ``onnx.ModelProto``) at the shapes of ``feeds``."""
+def with_input_shapes(model, feeds: dict[str, np.ndarray]):
+    """A copy of ``model`` with its inputs fixed to the shapes of ``feeds`` and every tensor's shape
+    inferred from them (onnx shape inference with data propagation)."""
     import onnx
     from onnx import shape_inference
 
@@ -66,10 +67,17 @@ def graph_stats(model, feeds: dict[str, np.ndarray]) -> dict[str, NodeStats]:
                 d.dim_value = int(size)
     for out in m.graph.output:
         out.type.tensor_type.ClearField("shape")
+    return shape_inference.infer_shapes(m, data_prop=True)
+
+
+def graph_stats(model, feeds: dict[str, np.ndarray]) -> dict[str, NodeStats]:
+    """:class:`NodeStats` per node of ``model`` (an ``onnx.ModelProto``) at the shapes of ``feeds``."""
+    import onnx
+
     try:
-        m = shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:  # noqa: BLE001 - stats are best effort; the table says which are unknown
-        pass
+        m = with_input_shapes(model, feeds)
+    except Exception:  # noqa: BLE001 - stats are best effort; unknown shapes count as 0
+        m = model
     info: dict[str, tuple[list[int] | None, int]] = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         elem = vi.type.tensor_type.elem_type

@@ -35,6 +35,7 @@ import numpy as np
 from toolchain import __version__
 from toolchain.data import Dataset
 from toolchain.errors import ToolchainError, one_line
+from toolchain.io import pid_alive
 
 STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
 FORMAT = 1
@@ -108,18 +109,6 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _save_torch(obj: Any, path: Path) -> None:
@@ -241,7 +230,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     out.mkdir(parents=True, exist_ok=True)
     for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
         for stale in out.glob(f".{name}.tmp-*"):  # left by a killed run
-            if not _alive(stale.name.rpartition("-")[2]):
+            if not pid_alive(stale.name.rpartition("-")[2]):
                 stale.unlink(missing_ok=True)
         if force and not resume:
             (out / name).unlink(missing_ok=True)

@@ -6,7 +6,6 @@ Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call the
 
 from __future__ import annotations
 
-import os
 import platform
 import tempfile
 from collections.abc import Callable
@@ -191,7 +190,6 @@ def _measure_alone(model_path, target, feeds, meter, options: ProfileOptions, pr
 class Comparison:
     """Models x targets: a cost table per (model, target) measured here, and targets skipped with why."""
 
-    models: list[str]
     tables: dict[tuple[str, str], CostTable]
     skipped: dict[str, str]
 
@@ -275,33 +273,4 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
     if not tables:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise ToolchainError(f"no target is usable here ({reasons})")
-    return Comparison(names, tables, skipped)
-
-
-def write_outputs(files: dict[str, bytes | str], out_dir: str | Path, force: bool, inputs: tuple = ()) -> list[Path]:
-    """Write ``files`` (name -> content) into ``out_dir`` atomically: each file is written in a scratch
-    directory beside it and moved into place; an existing file is replaced only with ``force``."""
-    from toolchain.io import atomic_dir
-
-    final = Path(out_dir).expanduser().resolve()
-    for inp in inputs:
-        src = Path(inp).expanduser().resolve()
-        if src == final or any(src == final / n for n in files):
-            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another -o")
-    if final.exists() and not final.is_dir():
-        raise ToolchainError(f"{out_dir} exists and is not a directory")
-    clash = [n for n in files if (final / n).exists()]
-    if clash and not force:
-        raise ToolchainError(f"{final / clash[0]} already exists", hint="pass --force to overwrite, or choose another -o")
-    if not final.parent.is_dir():
-        raise ToolchainError(f"{final.parent}: output directory does not exist")
-    with atomic_dir(final) as scratch:
-        for name, content in files.items():
-            path = scratch / name
-            path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        final.mkdir(exist_ok=True)
-        written = []
-        for name in files:
-            os.replace(scratch / name, final / name)
-            written.append(final / name)
-    return written
+    return Comparison(tables, skipped)

@@ -61,7 +61,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     The directory is removed however the block exits, so an interruption leaves nothing half-written."""
     for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed run
         pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if not pid_alive(pid):
             shutil.rmtree(stale, ignore_errors=True)
     scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
     if scratch.exists():
@@ -76,9 +76,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int | str) -> bool:
+    """Whether process ``pid`` (a number, or the digits of a scratch file's suffix) still runs."""
+    if isinstance(pid, str) and not pid.isdigit():
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -119,3 +122,30 @@ def captured_output():
             printed = sink.read().decode(errors="replace") + out.getvalue() + err.getvalue()
             if printed.strip():
                 log.debug("exporter output:\n%s", printed)
+
+
+def write_files(files: dict[str, bytes | str], out_dir: str | Path, force: bool, inputs: tuple = ()) -> list[Path]:
+    """Write ``files`` (name -> content) into ``out_dir`` atomically: each file is written in a scratch
+    directory beside it and moved into place; an existing file is replaced only with ``force``."""
+    final = Path(out_dir).expanduser().resolve()
+    for inp in inputs:
+        src = Path(inp).expanduser().resolve()
+        if src == final or any(src == final / n for n in files):
+            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another -o")
+    if final.exists() and not final.is_dir():
+        raise ToolchainError(f"{out_dir} exists and is not a directory")
+    clash = [n for n in files if (final / n).exists()]
+    if clash and not force:
+        raise ToolchainError(f"{final / clash[0]} already exists", hint="pass --force to overwrite, or choose another -o")
+    if not final.parent.is_dir():
+        raise ToolchainError(f"{final.parent}: output directory does not exist")
+    with atomic_dir(final) as scratch:
+        for name, content in files.items():
+            path = scratch / name
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        final.mkdir(exist_ok=True)
+        written = []
+        for name in files:
+            os.replace(scratch / name, final / name)
+            written.append(final / name)
+    return written

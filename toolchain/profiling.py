@@ -40,7 +40,6 @@ class NodeProfile:
     nodes: list[NodeTime]
     runs: int
     optimized_model: Path
-    run_us: tuple[float, ...] = ()  # wall time of each profiled run (``model_run`` events), profiler on
     # wall time (perf_counter around ``run``) of each profiled run and, with ``reference``, of the unprofiled
     # session's runs alternated with them
     profiled_wall_us: tuple[float, ...] = ()
@@ -114,13 +113,4 @@ def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *
             if i >= warmup:
                 plain_wall.append((time.perf_counter() - t) * 1e6)
     trace = session.end_profiling()
-    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, run_durations(trace, skip_runs=warmup),
-                       tuple(profiled_wall), tuple(plain_wall))
-
-
-def run_durations(path: str | os.PathLike, skip_runs: int = 0) -> tuple[float, ...]:
-    """Microseconds of each ``model_run`` event of an ORT profile after the first ``skip_runs``."""
-    events = json.loads(Path(path).read_text())
-    runs = sorted((ev["ts"], float(ev["dur"])) for ev in events
-                  if ev.get("cat") == "Session" and ev.get("name") == "model_run")
-    return tuple(d for _, d in runs[skip_runs:])
+    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, tuple(profiled_wall), tuple(plain_wall))

@@ -614,7 +614,7 @@ def save_pruned(result: PruneResult, loaded, source_spec: str, out_dir: str | Pa
 
     import torch
 
-    from toolchain.energyprofile import write_outputs
+    from toolchain.io import write_files
 
     module = result.module
     shapes = {}
@@ -629,15 +629,11 @@ def save_pruned(result: PruneResult, loaded, source_spec: str, out_dir: str | Pa
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": source_spec, "source_hash": loaded.source_hash,
             "source_kind": loaded.kind, "task": loaded.task, "modules": shapes, "config": asdict(config),
             "result": result.to_dict(), **extra}
-    return write_outputs({WEIGHTS_FILE: buf.getvalue(), PRUNED_FILE: json.dumps(meta, indent=2)}, out_dir, force)
+    return write_files({WEIGHTS_FILE: buf.getvalue(), PRUNED_FILE: json.dumps(meta, indent=2)}, out_dir, force)
 
 
 def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
-
-
-def is_pruned_dir(path: str | Path) -> bool:
-    return (Path(path) / PRUNED_FILE).is_file()
 
 
 def load_pruned(path: str | Path):
@@ -702,7 +698,6 @@ def run_prune_command(*, model: str, ratio, target_energy_reduction, target_late
                       output: str, force: bool, trials: int = 3, patience: int = 3,
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """What ``toolchain prune`` does: load, check the cost table, prune, save; returns the report."""
-    from dataclasses import replace
 
     from toolchain.costs import CostTable
     from toolchain.data import DataOptions, load_dataset_for
@@ -750,7 +745,7 @@ def run_prune_command(*, model: str, ratio, target_energy_reduction, target_late
              "costs": {"path": str(costs), "model_sha256": table.model.get("sha256"), "meter": table.meter,
                        "method": table.method} if table else None,
              "data": {"eval": eval_spec, "train": train_spec, "samples": samples}}
-    files = save_pruned(result, replace(loaded, module=loaded.module), model, out, config, extra, force=force)
+    files = save_pruned(result, loaded, model, out, config, extra, force=force)
     return {"source": model, "importance": importance, "max_accuracy_drop": max_accuracy_drop, "cost_metric": metric,
             "costs": str(costs) if costs else None, "target": extra["target"], "config": asdict(config),
             "result": result.to_dict(), "files": [str(f) for f in files]}

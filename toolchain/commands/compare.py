@@ -77,9 +77,9 @@ def _write(result, data_out, output, force, models, top):
     for i, ((model, target), table) in enumerate(result.tables.items(), 1):
         files[f"costs-{i}-{Path(model).stem}-{target}.json"] = table.to_json()
         files[f"costs-{i}-{Path(model).stem}-{target}.csv"] = table.to_csv()
-    from toolchain.energyprofile import write_outputs
+    from toolchain.io import write_files
 
-    return write_outputs(files, output, force, inputs=tuple(models))
+    return write_files(files, output, force, inputs=tuple(models))
 
 
 def _provenance(data_out) -> str:

@@ -84,7 +84,8 @@ def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, 
     from pathlib import Path
 
     from toolchain.charts import html_page, layer_energy_png, table_notes, table_rows
-    from toolchain.energyprofile import profile_model, write_outputs
+    from toolchain.energyprofile import profile_model
+    from toolchain.io import write_files
     from toolchain.targets import default_target_name, load_target
 
     quiet = is_quiet(ctx, as_json)
@@ -100,7 +101,7 @@ def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, 
         header, rows = table_rows(table)
         page = html_page(f"{table.model['name']} on {target.name}", png, [("Per-layer cost table", header, rows)],
                          table_notes(table))
-        written = write_outputs({"costs.json": table.to_json(), "costs.csv": table.to_csv(), "energy.png": png,
+        written = write_files({"costs.json": table.to_json(), "costs.csv": table.to_csv(), "energy.png": png,
                                  "energy.html": page}, out_dir, force, inputs=(model,))
     data_out = table.to_dict()
     data_out["files"] = [str(p) for p in written]
