@@ -1,0 +1,99 @@
+"""toolchain pipeline"""
+
+from __future__ import annotations
+
+import click
+
+from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.pipeline import STAGES
+
+
+@click.command()
+@click.option("--model", default="mnist-cnn", show_default=True,
+              help="PyTorch model: a catalogue name, a transformers directory or module:factory.")
+@click.option("--target", "target_spec", default="x86-cpu", show_default=True, metavar="TARGET",
+              help="Deployment target (`toolchain targets`): its provider, meter, carbon intensity, INT8 preset.")
+@click.option("--data", default="builtin:mnist", show_default=True,
+              help="Real data: a quarter is held out to judge accuracy, the rest trains, calibrates and distills.")
+@click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML recipe (keys of toolchain.pipeline.Recipe); options below override it.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, min_open=True),
+              help="Accuracy budget of the whole pipeline, in points (recipe default 1.0).")
+@click.option("--target-energy-reduction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="What energy-aware pruning aims for (recipe default 0.6); the budget may stop it sooner.")
+@click.option("--meter", help="Power meter instead of the target's (e.g. `estimate`, labelled as such).")
+@click.option("--samples", type=click.IntRange(8), help="Samples read from --data (recipe default 4000).")
+@click.option("--from", "from_stage", type=click.Choice(STAGES), help="Re-run from this stage on (earlier ones reused).")
+@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
+              help="Run directory: one folder per stage, manifest.json, report/.")
+@json_option
+@click.pass_context
+def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, target_energy_reduction, meter, samples,
+             from_stage, until, output, as_json):
+    """One run from a PyTorch model to a deployable INT8 ONNX artifact, its cost tables and its report.
+
+    \b
+    Stages: baseline (export FP32, profile on the target) -> prune (energy-aware,
+    fed by the baseline cost table) -> distill (pruned student, unpruned teacher) ->
+    export -> quantize (INT8 static, per-channel) -> profile -> compare (baseline,
+    pruning only, INT8 only, distillation only, full pipeline; measured together) ->
+    report (RUN_DIR/report/report.md, .html, .json).
+
+    Re-running skips the finished stages whose inputs did not change (RUN_DIR/manifest.json
+    keeps their keys and output hashes); an interrupted stage leaves nothing half-written
+    and runs again.
+
+    \b
+    Examples:
+      toolchain pipeline -o runs/mnist --meter estimate
+      toolchain pipeline --model minilm --data builtin:drugreviews --max-accuracy-drop 2 -o runs/minilm
+      toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
+    """
+    from toolchain.pipeline import run_pipeline
+
+    overrides = {"max_accuracy_drop": max_accuracy_drop, "target_energy_reduction": target_energy_reduction,
+                 "meter": meter, "samples": samples}
+    with json_safe_stdout(as_json), status("pipeline", quiet=is_quiet(ctx, as_json)) as progress:
+        manifest = run_pipeline(model, target_spec, data, output, recipe_path=recipe_path, overrides=overrides,
+                                from_stage=from_stage, until=until, progress=progress)
+
+    def render(console) -> None:
+        from rich.table import Table
+
+        t = Table(title=f"pipeline {model} -> {target_spec} ({output})")
+        for col in ("stage", "status", "seconds", "result"):
+            t.add_column(col, justify="right" if col == "seconds" else "left")
+        for stage in STAGES:
+            s = manifest["stages"].get(stage)
+            if not s:
+                continue
+            state = "reused" if s.get("reused") else s["status"]
+            t.add_row(stage, state, f"{s.get('seconds', 0):.1f}", _summary(stage, s.get("metrics") or {}))
+        console.print(t)
+        report = (manifest["stages"].get("report") or {}).get("metrics") or {}
+        if report.get("headline"):
+            console.print(report["headline"])
+        for name in ("quantize/model.int8.onnx", "profile/costs.json", "report/report.md", "report/report.html"):
+            if name in ((manifest["stages"].get(name.split("/")[0]) or {}).get("outputs") or {}):
+                console.print(f"  {output}/{name}")
+
+    emit(manifest, as_json, render)
+
+
+def _summary(stage: str, m: dict) -> str:
+    if stage == "baseline":
+        return f"{m.get('metric_name')} {m.get('metric', 0):.2f}; {m.get('joules_per_inference', 0) * 1e3:.4f} mJ/inference"
+    if stage == "prune":
+        return (f"{m.get('metric', 0):.2f} (from {m.get('base_metric', 0):.2f}); params {m.get('params_after', 0):,}/"
+                f"{m.get('params_before', 0):,}; predicted energy -{m.get('predicted_energy_reduction', 0):.1%}")
+    if stage == "distill":
+        return f"best epoch {m.get('best_epoch')}: {m.get('best')}"
+    if stage == "quantize":
+        return f"{m.get('config')} ({m.get('preset')})"
+    if stage == "profile":
+        return f"{m.get('joules_per_inference', 0) * 1e3:.4f} mJ/inference ({(m.get('meter') or {}).get('kind')})"
+    if stage == "compare":
+        return "; ".join(f"{v['name']} {v['metric']:.2f} {v['joules_per_inference'] * 1e3:.4f} mJ"
+                         for v in m.get("variants", []))
+    return ""

@@ -1,0 +1,544 @@
+"""``toolchain pipeline``: one run from a PyTorch model to a pruned, distilled, INT8 ONNX artifact with its
+cost tables and sustainability report, each stage the library call of its own command.
+
+Stages, in order (each writes ``RUN_DIR/<stage>/``)::
+
+    baseline  export FP32, split the data (train.npz / eval.npz), profile on the target (cost table)
+    prune     energy-aware pruning fed by the baseline cost table (toolchain.prune)
+    distill   the pruned student distilled from the unpruned teacher (toolchain.distill)
+    export    the distilled student to ONNX, checked against PyTorch (toolchain.export)
+    quantize  ONNX Runtime INT8 static quantization, per-channel weights, the target's preset
+    profile   the INT8 artifact's cost table on the target
+    compare   baseline, pruning only, INT8 only, distillation only and the full pipeline, measured
+              together (windows interleaved) and evaluated on the held-out data
+    report    Markdown, HTML and JSON (toolchain.report)
+
+``RUN_DIR/manifest.json`` records the inputs (model source hash, data, target), the recipe, tool versions
+and, per stage: its key (a hash of its configuration and of the earlier stages' keys and output files), outputs
+with their sha256, metrics and seconds. A re-run skips a stage whose key is unchanged and whose outputs
+are intact; a stage is written into a temporary directory and renamed into place when complete, so an
+interrupted stage leaves nothing half-written and is simply run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import ToolchainError
+
+STAGES = ("baseline", "prune", "distill", "export", "quantize", "profile", "compare", "report")
+MANIFEST = "manifest.json"
+FORMAT = "toolchain.pipeline-run"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Recipe:
+    """What a run does. ``toolchain pipeline --recipe recipe.toml`` sets any of these fields; a TOML
+    table (``[prune]``, ``[distill]`` ...) is a grouping for the reader only: keys are these names."""
+
+    samples: int = 4000  # taken from the data; a quarter is held out for evaluation
+    seq_len: int = 128
+    # prune
+    importance: str = "energy"
+    target_energy_reduction: float = 0.6
+    max_accuracy_drop: float = 1.0  # points, for the whole pipeline (pruning gets prune_budget of it)
+    prune_budget: float = 0.6  # share of max_accuracy_drop that pruning may spend (INT8 needs some)
+    prune_step: float = 0.1
+    finetune_epochs: int = 1
+    max_steps: int = 20
+    # distill
+    distill_epochs: int = 2
+    temperature: float = 4.0
+    alpha: float = 0.7
+    distill_lr: float = 1e-4
+    distill_only_width: float = 0.7  # the "distillation only" student: every layer at this share of its width
+    # (0.7: about half the parameters, the half-size student SuComp compares with)
+    # quantize
+    per_channel: bool = True
+    calib_samples: int = 256
+    # measure
+    meter: str | None = None  # None: the target's
+    repeats: int = 5
+    window_s: float = 1.0
+    idle_s: float | None = None
+    profile_runs: int = 20
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
+        data: dict[str, Any] = {}
+        if path:
+            try:
+                raw = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ToolchainError(f"{path}: not a readable recipe ({str(exc).splitlines()[0]})") from None
+            for key, value in raw.items():
+                data.update(value if isinstance(value, dict) else {key: value})
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ToolchainError(f"recipe: unknown key {unknown[0]!r}", hint=f"keys: {', '.join(known)}")
+        recipe = cls(**data)
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        for name in ("target_energy_reduction", "prune_budget", "prune_step", "distill_only_width"):
+            if not 0 < getattr(self, name) < 1 + (name == "prune_budget"):
+                raise ToolchainError(f"recipe: {name} {getattr(self, name)} is out of range (0, 1)")
+        if self.max_accuracy_drop <= 0 or self.samples < 8 or self.repeats < 2:
+            raise ToolchainError("recipe: max_accuracy_drop must be > 0, samples >= 8 and repeats >= 2")
+
+
+@dataclass
+class Run:
+    """Everything a stage needs: where, what, and the manifest so far."""
+
+    model: str
+    target: Any
+    data: str
+    recipe: Recipe
+    root: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str], None] = lambda _text: None
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.manifest["stages"][name]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _loaded(run: Run):
+    from toolchain.models import load_model
+
+    return load_model(run.model)
+
+
+def _datasets(run: Run, base: Path | None = None):
+    """The baseline stage's split: (train, eval)."""
+    from toolchain.data import load_dataset
+
+    base = base or run.dir("baseline")
+    return tuple(load_dataset(str(base / f"{part}.npz"), base / "model.onnx") for part in ("train", "eval"))
+
+
+def _profile_options(run: Run, base: Path | None = None):
+    from toolchain.energyprofile import ProfileOptions
+
+    r = run.recipe
+    return ProfileOptions(meter=r.meter, repeats=r.repeats, window_s=r.window_s, idle_s=r.idle_s,
+                          profile_runs=r.profile_runs, seq_len=r.seq_len,
+                          data=str((base or run.dir("baseline")) / "eval.npz"))
+
+
+def onnx_outputs(path: Path, data) -> Any:
+    """First output of an ONNX model over ``data`` (token embeddings mean-pooled, as MiniLM is used)."""
+    from toolchain.quantize import _pooled, run_outputs
+    from toolchain.runtime import create_session
+
+    return _pooled(run_outputs(create_session(path), data), data)
+
+
+def onnx_metric(path: Path, data, reference) -> tuple[float, str]:
+    """Accuracy % where the data has labels and the model gives logits, else cosine x 100 against the
+    baseline's outputs ``reference``."""
+    from toolchain.quantize import fidelity
+
+    out = onnx_outputs(path, data)
+    classifier = out.ndim == 2 and data.labels is not None and out.shape[1] > int(data.labels.max())
+    fid = fidelity(reference, out, data.labels if classifier else None, classifier)
+    if fid.accuracy_int8 is not None:
+        return 100 * fid.accuracy_int8, "accuracy %"
+    return 100 * fid.cosine, "cosine x 100"
+
+
+def _save_npz(path: Path, ds) -> None:
+    import numpy as np
+
+    arrays = dict(ds.feeds)
+    if ds.labels is not None:
+        arrays["labels"] = ds.labels
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
+    from toolchain.data import DataOptions, load_dataset_for
+    from toolchain.energyprofile import profile_model
+    from toolchain.export import ExportOptions, export_model
+
+    loaded = _loaded(run)
+    run.progress("baseline: exporting FP32")
+    export_model(loaded, out / "model.onnx", ExportOptions())
+    data = load_dataset_for(run.data, loaded, DataOptions(samples=run.recipe.samples, seq_len=run.recipe.seq_len,
+                                                          seed=run.recipe.seed))
+    if data.synthetic:
+        raise ToolchainError(f"{run.data}: random data cannot judge accuracy", hint="give real data with --data")
+    held = max(4, len(data) // 4)
+    _save_npz(out / "eval.npz", data.take(0, held))
+    _save_npz(out / "train.npz", data.take(held, None))
+    run.progress("baseline: profiling on the target")
+    table = profile_model(out / "model.onnx", run.target, _profile_options(run, out), progress=run.progress)
+    (out / "costs.json").write_text(table.to_json())
+    _, eval_data = _datasets(run, out)
+    reference = onnx_outputs(out / "model.onnx", eval_data)
+    metric, name = onnx_metric(out / "model.onnx", eval_data, reference)
+    return {"metric": metric, "metric_name": name, "eval_samples": held, "train_samples": len(data) - held,
+            "joules_per_inference": table.joules_per_inference, "meter": table.meter}
+
+
+def stage_prune(run: Run, out: Path) -> dict[str, Any]:
+    from toolchain.costs import CostTable
+    from toolchain.prune import PruneConfig, costs_for, prune_model, save_pruned
+
+    r = run.recipe
+    loaded = _loaded(run)
+    table = CostTable.load(run.dir("baseline") / "costs.json")
+    costs = costs_for(table, loaded, loaded.module, run.target.name, "energy")
+    train, held = _datasets(run)
+    config = PruneConfig(importance=r.importance, target_energy_reduction=r.target_energy_reduction,
+                         max_accuracy_drop=r.max_accuracy_drop * r.prune_budget, step=r.prune_step,
+                         finetune_epochs=r.finetune_epochs, max_steps=r.max_steps, round_to=run.target.round_to,
+                         seed=r.seed)
+    result = prune_model(loaded, config, train, held, costs=costs, progress=lambda t: run.progress(f"prune: {t}"))
+    save_pruned(result, loaded, run.model, out, config, {"target": run.target.name}, force=True)
+    return {"base_metric": result.base_metric, "metric": result.final_metric, "params_before": result.params_before,
+            "params_after": result.params_after, "macs_before": result.macs_before, "macs_after": result.macs_after,
+            "predicted_energy_reduction": result.reduction, "steps": len(result.steps),
+            "kept_steps": sum(s.kept for s in result.steps)}
+
+
+def _distill(run: Run, student: str, out: Path, label: str) -> dict[str, Any]:
+    from toolchain.distill import DistillConfig, run_distill
+
+    r = run.recipe
+    config = DistillConfig(teacher=run.model, student=student, data=str(run.dir("baseline") / "train.npz"),
+                           epochs=r.distill_epochs, lr=r.distill_lr, temperature=r.temperature, alpha=r.alpha,
+                           seq_len=r.seq_len, seed=r.seed)
+    report = run_distill(config, out, force=True, progress=lambda t: run.progress(f"{label}: {t}"))
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resumable state is not an artifact
+    return {"best_epoch": report["best_epoch"], "best": report["best"], "initial": report["initial_metrics"],
+            "metric": report["metric"]}
+
+
+def stage_distill(run: Run, out: Path) -> dict[str, Any]:
+    return _distill(run, str(run.dir("prune")), out, "distill")
+
+
+def _student(run: Run, student_dir: Path, weights: Path):
+    import torch
+
+    from toolchain.models import load_model
+
+    loaded = load_model(str(student_dir))
+    loaded.module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    loaded.module.eval()
+    return loaded
+
+
+def stage_export(run: Run, out: Path) -> dict[str, Any]:
+    from toolchain.export import ExportOptions, export_model
+
+    loaded = _student(run, run.dir("prune"), run.dir("distill") / "student.pt")
+    result = export_model(loaded, out / "model.onnx", ExportOptions())
+    return {"parity": [asdict(c) for c in result.parity], "nodes": result.nodes, "size_bytes": result.size_bytes}
+
+
+def _quantize(run: Run, src: Path, dest: Path) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from toolchain.quantize import preset, quantize_model
+
+    train, _ = _datasets(run)
+    p = preset(run.target.quant_preset)
+    config = replace(p.static, per_channel=run.recipe.per_channel)
+    result = quantize_model(src, dest, config, calibration=train.take(0, run.recipe.calib_samples), force=True,
+                            preset_name=p.name)
+    return {"config": config.label, "preset": p.name, "size_fp32_bytes": result.size_fp32_bytes,
+            "size_int8_bytes": result.size_int8_bytes}
+
+
+def stage_quantize(run: Run, out: Path) -> dict[str, Any]:
+    return _quantize(run, run.dir("export") / "model.onnx", out / "model.int8.onnx")
+
+
+def stage_profile(run: Run, out: Path) -> dict[str, Any]:
+    from toolchain.energyprofile import profile_model
+
+    table = profile_model(run.dir("quantize") / "model.int8.onnx", run.target, _profile_options(run),
+                          progress=run.progress)
+    (out / "costs.json").write_text(table.to_json())
+    return {"joules_per_inference": table.joules_per_inference, "meter": table.meter}
+
+
+def stage_compare(run: Run, out: Path) -> dict[str, Any]:
+    """The single techniques beside the full pipeline, measured together on the target."""
+    import copy
+
+    from toolchain.energyprofile import compare_models
+    from toolchain.export import ExportOptions, export_model
+    from toolchain.prune import (
+        PruneConfig,
+        PruneResult,
+        _example,
+        _prune,
+        load_pruned,
+        output_layer,
+        save_pruned,
+    )
+
+    r = run.recipe
+    loaded = _loaded(run)
+    _, held = _datasets(run)
+    base = run.dir("baseline") / "model.onnx"
+    run.progress("compare: pruning only (the pruned model, fine-tuned, FP32)")
+    export_model(load_pruned(run.dir("prune")), out / "pruning-only.onnx", ExportOptions(parity=False))
+    run.progress("compare: INT8 only")
+    _quantize(run, base, out / "int8-only.onnx")
+    # distillation only: every layer (the head aside) at distill_only_width of its width, distilled
+    run.progress("compare: distillation only (a uniformly narrower student, distilled)")
+    narrow = copy.deepcopy(loaded.module)
+    head = output_layer(narrow)
+    config = PruneConfig(importance="l2", ratio=1 - r.distill_only_width, round_to=run.target.round_to)
+    _prune(loaded, narrow, _example(loaded, held), float(config.ratio),
+           [dict(narrow.named_modules())[head]] if head else [], config, None)
+    student_dir = out / "distill-only-student"
+    save_pruned(PruneResult(narrow, 0.0, 0.0, "", 0, 0, 0, 0, 0.0, "uniform width"), loaded, run.model, student_dir,
+                config, {}, force=True)
+    _distill(run, str(student_dir), out / "distill-only", "compare: distillation only")
+    export_model(_student(run, student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
+                 ExportOptions(parity=False))
+    variants = {"baseline (FP32)": base, "pruning only": out / "pruning-only.onnx", "INT8 only": out / "int8-only.onnx",
+                "distillation only": out / "distill-only.onnx", "full pipeline": run.dir("quantize") / "model.int8.onnx"}
+    run.progress("compare: measuring all five on the target, windows interleaved")
+    comparison = compare_models([str(p) for p in variants.values()], [run.target], _profile_options(run),
+                                progress=run.progress)
+    reference = onnx_outputs(base, held)
+    rows = []
+    for (name, path) in variants.items():
+        table = comparison.tables[(str(path), run.target.name)]
+        metric, metric_name = onnx_metric(path, held, reference)
+        params = _onnx_params(path)
+        rows.append({"name": name, "onnx": str(path), "metric": metric, "metric_name": metric_name, "params": params,
+                     "size_bytes": path.stat().st_size, "measurement": table.measurement,
+                     "cost_table": json.loads(table.to_json())})
+    _write_json(out / "variants.json", rows)
+    return {"variants": [{k: v for k, v in r.items() if k not in ("measurement", "cost_table")}
+                         | {"joules_per_inference": r["measurement"]["joules_per_inference"]["net"]["mean"],
+                            "latency_ms": r["measurement"]["latency_ms"]["median_ms"]} for r in rows]}
+
+
+def _onnx_params(path: Path) -> int:
+    """Weights in an ONNX graph: elements of float initializers, or of the integer weights they were
+    quantized to (scales and zero points not counted)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        if n > 1 and not init.name.endswith(("_scale", "_zero_point")):
+            total += n
+    return total
+
+
+def stage_report(run: Run, out: Path) -> dict[str, Any]:
+    from toolchain.report import build_report, write_report
+
+    rows = json.loads((run.dir("compare") / "variants.json").read_text())
+    spec = {"title": f"{run.model} on {run.target.name}: pruned, distilled, INT8",
+            "model": {"source": run.model, "sha256": run.manifest["inputs"]["model_hash"],
+                      "task": run.manifest["inputs"].get("task")},
+            "target": {"name": run.target.name, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
+                       "carbon_source": run.target.carbon_source},
+            "metric_name": rows[0]["metric_name"], "variants": rows,
+            "stages": [{"name": s, "status": run.stage(s).get("status"), "seconds": run.stage(s).get("seconds")}
+                       for s in STAGES if s in run.manifest["stages"]],
+            "notes": [f"recipe: {json.dumps(run.manifest['recipe'])}"]}
+    report = build_report(spec)
+    write_report(report, out, force=True)
+    return {"headline": report.get("headline")}
+
+
+STAGE_FUNCS: dict[str, Callable[[Run, Path], dict[str, Any]]] = {
+    "baseline": stage_baseline, "prune": stage_prune, "distill": stage_distill, "export": stage_export,
+    "quantize": stage_quantize, "profile": stage_profile, "compare": stage_compare, "report": stage_report}
+
+# recipe fields each stage's result depends on (with the keys of the stages before it)
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "baseline": ("samples", "seq_len", "seed", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "prune": ("importance", "target_energy_reduction", "max_accuracy_drop", "prune_budget", "prune_step",
+              "finetune_epochs", "max_steps", "seed"),
+    "distill": ("distill_epochs", "temperature", "alpha", "distill_lr", "seed"),
+    "export": (),
+    "quantize": ("per_channel", "calib_samples"),
+    "profile": ("meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "compare": ("distill_only_width", "distill_epochs", "temperature", "alpha", "distill_lr", "per_channel",
+                "calib_samples", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "report": (),
+}
+
+
+def _outputs_intact(root: Path, entry: dict[str, Any]) -> bool:
+    files = entry.get("outputs") or {}
+    return bool(files) and all((root / name).is_file() and _sha256(root / name) == digest
+                               for name, digest in files.items())
+
+
+def _clean_stale(root: Path) -> None:
+    """Temporary stage directories left by a killed run (its process is gone)."""
+    from toolchain.io import pid_alive
+
+    for tmp in root.glob(".*.tmp-*"):
+        if not pid_alive(tmp.name.rpartition("-")[2]):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _lock(root: Path) -> Path:
+    from toolchain.io import pid_alive
+
+    lock = root / ".lock"
+    if lock.exists():
+        pid = lock.read_text().strip()
+        if pid_alive(pid) and pid != str(os.getpid()):
+            raise ToolchainError(f"{root}: another pipeline (pid {pid}) is running in this directory",
+                                 hint="wait for it, or choose another -o")
+    lock.write_text(str(os.getpid()))
+    return lock
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by the complete ``tmp`` directory (renames; the old one is removed after)."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *, recipe_path: str | None = None,
+                 overrides: dict[str, Any] | None = None, from_stage: str | None = None, until: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the stages (skipping finished ones whose inputs did not change) and return the manifest."""
+    from toolchain.energyprofile import check_usable, versions
+    from toolchain.models import load_model
+    from toolchain.targets import load_target
+
+    for name, value in (("--from", from_stage), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise ToolchainError(f"{name} {value!r} is not a stage", hint=f"stages: {', '.join(STAGES)}")
+    if from_stage and until and STAGES.index(from_stage) > STAGES.index(until):
+        raise ToolchainError(f"--from {from_stage} comes after --until {until}")
+    recipe = Recipe.load(recipe_path, overrides)
+    target = load_target(target_spec)
+    check_usable(target)
+    say = progress or (lambda _text: None)
+    say("loading the model")
+    loaded = load_model(model)
+    root = Path(output).expanduser().resolve()
+    if root in [Path(p).resolve() for p in loaded.input_paths] or (Path(data).exists() and
+                                                                   Path(data).resolve() == root):
+        raise ToolchainError(f"{output}: refusing to write into an input; choose another -o")
+    if root.exists() and not root.is_dir():
+        raise ToolchainError(f"{output}: exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _lock(root)
+    try:
+        _clean_stale(root)
+        manifest_path = root / MANIFEST
+        manifest: dict[str, Any] = {}
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError:
+                manifest = {}
+            if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+                manifest = {}
+        data_hash = _sha256(Path(data)) if Path(data).is_file() else None
+        inputs = {"model": model, "model_hash": loaded.source_hash, "task": loaded.task, "data": data,
+                  "data_sha256": data_hash, "target": target.to_dict() if hasattr(target, "to_dict") else target.name}
+        manifest.update({"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": inputs,
+                         "recipe": asdict(recipe), "versions": versions()})
+        manifest.setdefault("stages", {})
+        run = Run(model, target, data, recipe, root, manifest, say)
+        earlier = _key(inputs)
+        last = STAGES.index(until) if until else len(STAGES) - 1
+        for i, stage in enumerate(STAGES[:last + 1]):
+            config = {k: getattr(recipe, k) for k in STAGE_FIELDS[stage]}
+            key = _key(stage, config, earlier)
+            entry = manifest["stages"].get(stage) or {}
+            forced = from_stage is not None and i >= STAGES.index(from_stage)
+            if not forced and entry.get("key") == key and entry.get("status") == "done" and _outputs_intact(root,
+                                                                                                             entry):
+                entry["reused"] = True
+                say(f"{stage}: unchanged, reused")
+                earlier = _key(key, entry["outputs"])  # what later stages build on: these exact files
+                continue
+            if from_stage and i < STAGES.index(from_stage):
+                raise ToolchainError(f"--from {from_stage}: the earlier stage {stage} is not done with these inputs",
+                                     hint=f"run without --from, or --from {stage}")
+            tmp = root / f".{stage}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            manifest["stages"][stage] = {"status": "running", "key": key, "config": config}
+            _write_json(manifest_path, manifest)
+            started = time.perf_counter()
+            say(f"{stage}: running")
+            try:
+                metrics = STAGE_FUNCS[stage](run, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                manifest["stages"][stage]["status"] = "failed"
+                _write_json(manifest_path, manifest)
+                raise
+            _publish(tmp, root / stage)
+            outputs = {str(p.relative_to(root)): _sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
+            manifest["stages"][stage] = {"status": "done", "key": key, "config": config, "outputs": outputs,
+                                         "metrics": metrics, "seconds": round(time.perf_counter() - started, 2),
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reused": False}
+            earlier = _key(key, outputs)
+            for later in STAGES[i + 1:]:  # their inputs may have changed
+                if later in manifest["stages"]:
+                    manifest["stages"][later]["status"] = "stale"
+            _write_json(manifest_path, manifest)
+        return manifest
+    finally:
+        lock.unlink(missing_ok=True)
