@@ -4,10 +4,15 @@ cost tables and sustainability report, each stage the library call of its own co
 Stages, in order (each writes ``RUN_DIR/<stage>/``)::
 
     baseline  export FP32, split the data (train.npz / eval.npz), profile on the target (cost table)
-    prune     energy-aware pruning fed by the baseline cost table (toolchain.prune)
-    distill   the pruned student distilled from the unpruned teacher (toolchain.distill)
+    prune     energy-aware pruning fed by the baseline cost table (toolchain.prune); the models after its
+              kept steps are the scheduler's pruning candidates (``search_points`` of them, spread out)
+    search    the sustainability-aware scheduler (SuComp): every candidate pruning ratio x distillation
+              temperature x INT8 configuration is distilled, quantized, evaluated and measured on the
+              target (windows interleaved); the best by a weighted objective of accuracy, energy and carbon
+              within the accuracy budget is chosen; the Pareto front is kept for the report
+    distill   the chosen pruned student distilled from the unpruned teacher (toolchain.distill)
     export    the distilled student to ONNX, checked against PyTorch (toolchain.export)
-    quantize  ONNX Runtime INT8 static quantization, per-channel weights, the target's preset
+    quantize  ONNX Runtime INT8 static quantization: the chosen configuration of the target's preset
     profile   the INT8 artifact's cost table on the target
     compare   baseline, pruning only, INT8 only, distillation only and the full pipeline, measured
               together (windows interleaved) and evaluated on the held-out data
@@ -29,13 +34,13 @@ import shutil
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from toolchain.errors import ToolchainError
 
-STAGES = ("baseline", "prune", "distill", "export", "quantize", "profile", "compare", "report")
+STAGES = ("baseline", "prune", "search", "distill", "export", "quantize", "profile", "compare", "report")
 MANIFEST = "manifest.json"
 FORMAT = "toolchain.pipeline-run"
 FORMAT_VERSION = 1
@@ -58,14 +63,21 @@ class Recipe:
     max_steps: int = 20
     # distill
     distill_epochs: int = 2
-    temperature: float = 4.0
     alpha: float = 0.7
     distill_lr: float = 1e-4
     distill_only_width: float = 0.7  # the "distillation only" student: every layer at this share of its width
     # (0.7: about half the parameters, the half-size student SuComp compares with)
     # quantize
-    per_channel: bool = True
     calib_samples: int = 256
+    # search (the scheduler): candidates = pruning points x temperatures x INT8 configurations
+    search_points: int = 3  # pruning ratios taken from the pruning trajectory (the last kept step included)
+    search_temperatures: tuple[float, ...] = (2.0, 4.0)
+    search_quant: int = 2  # the target preset's first static INT8 configurations
+    search_budget: int = 12  # most candidates evaluated (0: no search, the defaults above)
+    w_accuracy: float = 1.0  # objective weights (see choose())
+    w_energy: float = 1.0
+    w_carbon: float = 1.0
+    reference_carbon_g_per_kwh: float = 436.0  # the grid at which the carbon term weighs w_carbon (world 2022)
     # measure
     meter: str | None = None  # None: the target's
     repeats: int = 5
@@ -89,6 +101,8 @@ class Recipe:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ToolchainError(f"recipe: unknown key {unknown[0]!r}", hint=f"keys: {', '.join(known)}")
+        if isinstance(data.get("search_temperatures"), list):
+            data["search_temperatures"] = tuple(data["search_temperatures"])
         recipe = cls(**data)
         recipe.validate()
         return recipe
@@ -99,6 +113,11 @@ class Recipe:
                 raise ToolchainError(f"recipe: {name} {getattr(self, name)} is out of range (0, 1)")
         if self.max_accuracy_drop <= 0 or self.samples < 8 or self.repeats < 2:
             raise ToolchainError("recipe: max_accuracy_drop must be > 0, samples >= 8 and repeats >= 2")
+        if self.search_points < 1 or self.search_quant < 1 or not self.search_temperatures or self.search_budget < 0:
+            raise ToolchainError("recipe: search_points and search_quant must be >= 1, search_temperatures non-empty, "
+                                 "search_budget >= 0")
+        if min(self.search_temperatures) <= 0 or min(self.w_accuracy, self.w_energy, self.w_carbon) < 0:
+            raise ToolchainError("recipe: temperatures must be > 0 and weights >= 0")
 
 
 @dataclass
@@ -224,6 +243,8 @@ def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
 
 
 def stage_prune(run: Run, out: Path) -> dict[str, Any]:
+    import copy
+
     from toolchain.costs import CostTable
     from toolchain.prune import PruneConfig, costs_for, prune_model, save_pruned
 
@@ -236,20 +257,39 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
                          max_accuracy_drop=r.max_accuracy_drop * r.prune_budget, step=r.prune_step,
                          finetune_epochs=r.finetune_epochs, max_steps=r.max_steps, round_to=run.target.round_to,
                          seed=r.seed)
-    result = prune_model(loaded, config, train, held, costs=costs, progress=lambda t: run.progress(f"prune: {t}"))
+    kept: list[tuple[Any, Any]] = []  # (step record, model copy) after every kept step
+    result = prune_model(loaded, config, train, held, costs=costs, progress=lambda t: run.progress(f"prune: {t}"),
+                         on_kept=lambda step, module: kept.append((step, copy.deepcopy(module))))
     save_pruned(result, loaded, run.model, out, config, {"target": run.target.name}, force=True)
+    candidates = []
+    (out / "candidates").mkdir()
+    for n, (step, module) in enumerate(_spread(kept, r.search_points)):
+        snapshot = replace(result, module=module, final_metric=step.accuracy, reduction=step.predicted_reduction,
+                           params_after=step.params, steps=[x for x in result.steps if x.step <= step.step])
+        save_pruned(snapshot, loaded, run.model, out / "candidates" / f"p{n}", config, {"target": run.target.name},
+                    force=True)
+        candidates.append({"dir": f"candidates/p{n}", "step": step.step, "metric": step.accuracy,
+                           "predicted_energy_reduction": step.predicted_reduction, "params": step.params})
     return {"base_metric": result.base_metric, "metric": result.final_metric, "params_before": result.params_before,
             "params_after": result.params_after, "macs_before": result.macs_before, "macs_after": result.macs_after,
             "predicted_energy_reduction": result.reduction, "steps": len(result.steps),
-            "kept_steps": sum(s.kept for s in result.steps)}
+            "kept_steps": sum(s.kept for s in result.steps), "candidates": candidates}
 
 
-def _distill(run: Run, student: str, out: Path, label: str) -> dict[str, Any]:
+def _spread(items: list, n: int) -> list:
+    """Up to ``n`` of ``items`` evenly spread, the last always included."""
+    if len(items) <= n:
+        return list(items)
+    picks = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)} if n > 1 else {len(items) - 1})
+    return [items[i] for i in picks]
+
+
+def _distill(run: Run, student: str, out: Path, label: str, temperature: float) -> dict[str, Any]:
     from toolchain.distill import DistillConfig, run_distill
 
     r = run.recipe
     config = DistillConfig(teacher=run.model, student=student, data=str(run.dir("baseline") / "train.npz"),
-                           epochs=r.distill_epochs, lr=r.distill_lr, temperature=r.temperature, alpha=r.alpha,
+                           epochs=r.distill_epochs, lr=r.distill_lr, temperature=temperature, alpha=r.alpha,
                            seq_len=r.seq_len, seed=r.seed)
     report = run_distill(config, out, force=True, progress=lambda t: run.progress(f"{label}: {t}"))
     (out / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resumable state is not an artifact
@@ -257,8 +297,112 @@ def _distill(run: Run, student: str, out: Path, label: str) -> dict[str, Any]:
             "metric": report["metric"]}
 
 
+def _chosen(run: Run) -> dict[str, Any]:
+    return run.stage("search")["metrics"]["chosen"]
+
+
 def stage_distill(run: Run, out: Path) -> dict[str, Any]:
-    return _distill(run, str(run.dir("prune")), out, "distill")
+    chosen = _chosen(run)
+    return _distill(run, str(run.dir("prune") / chosen["prune_dir"]), out, "distill", chosen["temperature"]) | {
+        "student": chosen["prune_dir"], "temperature": chosen["temperature"]}
+
+
+def objective(c: dict[str, Any], base: dict[str, Any], recipe: Recipe, intensity: float) -> float:
+    """The scheduler's weighted objective (higher is better)::
+
+        w_accuracy * (metric - metric_base) / max_accuracy_drop
+        - w_energy * J / J_base
+        - w_carbon * (intensity / reference_intensity) * gCO2e / gCO2e_base
+
+    Accuracy is counted in units of the budget; energy and carbon relative to the baseline. The carbon term
+    weighs more on a dirtier grid (the target's intensity against ``reference_carbon_g_per_kwh``), so the
+    scheduler compresses harder there; candidates over the budget are never chosen (see :func:`choose`)."""
+    carbon = intensity / recipe.reference_carbon_g_per_kwh
+    return (recipe.w_accuracy * (c["metric"] - base["metric"]) / recipe.max_accuracy_drop
+            - recipe.w_energy * c["joules"] / base["joules"]
+            - recipe.w_carbon * carbon * c["joules"] / base["joules"])
+
+
+def choose(candidates: list[dict[str, Any]], base: dict[str, Any], recipe: Recipe, intensity: float) -> int | None:
+    """Index of the candidate with the best :func:`objective` among those within the accuracy budget."""
+    scored = [(objective(c, base, recipe, intensity), i) for i, c in enumerate(candidates)
+              if base["metric"] - c["metric"] <= recipe.max_accuracy_drop + 1e-9]
+    return max(scored)[1] if scored else None
+
+
+def stage_search(run: Run, out: Path) -> dict[str, Any]:
+    """The sustainability-aware scheduler: distill, quantize, evaluate and measure every candidate."""
+    import itertools
+
+    from toolchain.energyprofile import compare_models
+    from toolchain.export import ExportOptions, export_model
+    from toolchain.quantize import preset
+
+    r = run.recipe
+    prune = run.stage("prune")["metrics"]
+    points = prune["candidates"] or [{"dir": ".", "step": 0, "metric": prune["metric"],
+                                      "predicted_energy_reduction": 0.0, "params": prune["params_after"]}]
+    p = preset(run.target.quant_preset)
+    static = [c for c in (p.static, *p.candidates) if c.mode == "static"]
+    quants = list({c.label: c for c in static}.values())[:r.search_quant]
+    grid = list(itertools.product(range(len(points)), r.search_temperatures, range(len(quants))))
+    if r.search_budget == 0:  # no search: the most pruned point, the first temperature and configuration
+        grid = [(len(points) - 1, r.search_temperatures[0], 0)]
+    elif len(grid) > r.search_budget:  # spread the budget over the grid, the most pruned point first
+        grid = sorted(grid, key=lambda g: (-g[0], g[1], g[2]))[:r.search_budget]
+    _, held = _datasets(run)
+    base_path = run.dir("baseline") / "model.onnx"
+    reference = onnx_outputs(base_path, held)
+    candidates: list[dict[str, Any]] = []
+    students: dict[tuple[int, float], Path] = {}
+    for n, (pi, temperature, qi) in enumerate(grid, 1):
+        point = points[pi]
+        prune_dir = run.dir("prune") / point["dir"]
+        if (pi, temperature) not in students:
+            work = out / f"p{pi}-T{temperature:g}"
+            _distill(run, str(prune_dir), work, f"search {n}/{len(grid)}: distill T={temperature:g}", temperature)
+            export_model(_student(run, prune_dir, work / "student.pt"), work / "model.onnx", ExportOptions(parity=False))
+            students[(pi, temperature)] = work
+        work = students[(pi, temperature)]
+        int8 = work / f"model.q{qi}.onnx"
+        run.progress(f"search {n}/{len(grid)}: quantize {quants[qi].label}")
+        _quantize(run, work / "model.onnx", int8, quants[qi])
+        metric, _ = onnx_metric(int8, held, reference)
+        candidates.append({"label": f"p{pi} T={temperature:g} {quants[qi].label}", "onnx": str(int8.relative_to(out)),
+                           "prune_dir": point["dir"], "prune_step": point["step"],
+                           "predicted_energy_reduction": point["predicted_energy_reduction"], "temperature": temperature,
+                           "quant": quants[qi].label, "quant_index": qi, "metric": metric})
+    run.progress(f"search: measuring {len(candidates)} candidates and the baseline, windows interleaved")
+    paths = [str(base_path), *[str(out / c["onnx"]) for c in candidates]]
+    comparison = compare_models(paths, [run.target], replace(_profile_options(run), profile_runs=2),
+                                progress=run.progress)
+    tables = [comparison.tables[(path, run.target.name)] for path in paths]
+    base_metric, _ = onnx_metric(base_path, held, reference)
+    base = {"metric": base_metric, "joules": tables[0].joules_per_inference,
+            "latency_ms": tables[0].measurement["latency_ms"]["median_ms"]}
+    for c, t in zip(candidates, tables[1:], strict=True):
+        c["joules"] = t.joules_per_inference
+        c["latency_ms"] = t.measurement["latency_ms"]["median_ms"]
+        c["joules_cv_pct"] = t.measurement["joules_per_inference"]["net"]["cv_pct"]
+        c["objective"] = objective(c, base, r, run.target.carbon_g_per_kwh)
+    chosen = choose(candidates, base, r, run.target.carbon_g_per_kwh)
+    if chosen is None:
+        raise ToolchainError(f"no candidate stays within the accuracy budget of {r.max_accuracy_drop} points "
+                             f"(best {max(c['metric'] for c in candidates):.2f} against {base_metric:.2f})",
+                             hint="raise max_accuracy_drop, or lower prune_budget so INT8 and distillation keep more")
+    from toolchain.report import pareto_front
+
+    for key, flag in (("joules", "front_energy"), ("latency_ms", "front_latency")):
+        front = pareto_front(candidates, key)
+        for i, c in enumerate(candidates):
+            c[flag] = i in front
+    for work in students.values():  # the search's students are scratch: the distill stage redoes the chosen one
+        (work / "student.pt").unlink(missing_ok=True)
+    return {"baseline": base, "meter": tables[0].meter, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
+            "objective": objective.__doc__.split("::")[1].split("Accuracy")[0].strip(),
+            "weights": {"accuracy": r.w_accuracy, "energy": r.w_energy, "carbon": r.w_carbon,
+                        "reference_carbon_g_per_kwh": r.reference_carbon_g_per_kwh},
+            "candidates": candidates, "chosen": candidates[chosen]}
 
 
 def _student(run: Run, student_dir: Path, weights: Path):
@@ -275,27 +419,36 @@ def _student(run: Run, student_dir: Path, weights: Path):
 def stage_export(run: Run, out: Path) -> dict[str, Any]:
     from toolchain.export import ExportOptions, export_model
 
-    loaded = _student(run, run.dir("prune"), run.dir("distill") / "student.pt")
+    loaded = _student(run, run.dir("prune") / _chosen(run)["prune_dir"], run.dir("distill") / "student.pt")
     result = export_model(loaded, out / "model.onnx", ExportOptions())
     return {"parity": [asdict(c) for c in result.parity], "nodes": result.nodes, "size_bytes": result.size_bytes}
 
 
-def _quantize(run: Run, src: Path, dest: Path) -> dict[str, Any]:
-    from dataclasses import replace
+def _quant_config(run: Run, label: str | None = None):
+    """The target preset's INT8 configuration named ``label`` (None: its default static one)."""
+    from toolchain.quantize import preset
 
-    from toolchain.quantize import preset, quantize_model
+    p = preset(run.target.quant_preset)
+    if label is None:
+        return p.static
+    config = next((c for c in (p.static, *p.candidates) if c.label == label), None)
+    if config is None:
+        raise ToolchainError(f"the chosen INT8 configuration {label!r} is not in preset {p.name}", hint="--from search")
+    return config
+
+
+def _quantize(run: Run, src: Path, dest: Path, config) -> dict[str, Any]:
+    from toolchain.quantize import quantize_model
 
     train, _ = _datasets(run)
-    p = preset(run.target.quant_preset)
-    config = replace(p.static, per_channel=run.recipe.per_channel)
     result = quantize_model(src, dest, config, calibration=train.take(0, run.recipe.calib_samples), force=True,
-                            preset_name=p.name)
-    return {"config": config.label, "preset": p.name, "size_fp32_bytes": result.size_fp32_bytes,
+                            preset_name=run.target.quant_preset)
+    return {"config": config.label, "preset": run.target.quant_preset, "size_fp32_bytes": result.size_fp32_bytes,
             "size_int8_bytes": result.size_int8_bytes}
 
 
 def stage_quantize(run: Run, out: Path) -> dict[str, Any]:
-    return _quantize(run, run.dir("export") / "model.onnx", out / "model.int8.onnx")
+    return _quantize(run, run.dir("export") / "model.onnx", out / "model.int8.onnx", _quant_config(run, _chosen(run)["quant"]))
 
 
 def stage_profile(run: Run, out: Path) -> dict[str, Any]:
@@ -328,9 +481,10 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     _, held = _datasets(run)
     base = run.dir("baseline") / "model.onnx"
     run.progress("compare: pruning only (the pruned model, fine-tuned, FP32)")
-    export_model(load_pruned(run.dir("prune")), out / "pruning-only.onnx", ExportOptions(parity=False))
+    export_model(load_pruned(run.dir("prune") / _chosen(run)["prune_dir"]), out / "pruning-only.onnx",
+                 ExportOptions(parity=False))
     run.progress("compare: INT8 only")
-    _quantize(run, base, out / "int8-only.onnx")
+    _quantize(run, base, out / "int8-only.onnx", _quant_config(run, _chosen(run)["quant"]))
     # distillation only: every layer (the head aside) at distill_only_width of its width, distilled
     run.progress("compare: distillation only (a uniformly narrower student, distilled)")
     narrow = copy.deepcopy(loaded.module)
@@ -341,7 +495,7 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     student_dir = out / "distill-only-student"
     save_pruned(PruneResult(narrow, 0.0, 0.0, "", 0, 0, 0, 0, 0.0, "uniform width"), loaded, run.model, student_dir,
                 config, {}, force=True)
-    _distill(run, str(student_dir), out / "distill-only", "compare: distillation only")
+    _distill(run, str(student_dir), out / "distill-only", "compare: distillation only", _chosen(run)["temperature"])
     export_model(_student(run, student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
                  ExportOptions(parity=False))
     variants = {"baseline (FP32)": base, "pruning only": out / "pruning-only.onnx", "INT8 only": out / "int8-only.onnx",
@@ -384,22 +538,31 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
     from toolchain.report import build_report, write_report
 
     rows = json.loads((run.dir("compare") / "variants.json").read_text())
+    search = run.stage("search")["metrics"]
+    chosen = search["chosen"]
     spec = {"title": f"{run.model} on {run.target.name}: pruned, distilled, INT8",
             "model": {"source": run.model, "sha256": run.manifest["inputs"]["model_hash"],
                       "task": run.manifest["inputs"].get("task")},
             "target": {"name": run.target.name, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
                        "carbon_source": run.target.carbon_source},
             "metric_name": rows[0]["metric_name"], "variants": rows,
+            "pareto": [{"label": c["label"], "metric": c["metric"], "joules": c["joules"], "latency_ms": c["latency_ms"],
+                        "config": {k: c[k] for k in ("prune_step", "predicted_energy_reduction", "temperature", "quant")}}
+                       for c in search["candidates"]],
             "stages": [{"name": s, "status": run.stage(s).get("status"), "seconds": run.stage(s).get("seconds")}
                        for s in STAGES if s in run.manifest["stages"]],
-            "notes": [f"recipe: {json.dumps(run.manifest['recipe'])}"]}
+            "notes": [f"scheduler: {len(search['candidates'])} candidates (pruning point x distillation temperature x "
+                      f"INT8 configuration) measured on {run.target.name}; chosen {chosen['label']} (objective "
+                      f"{chosen['objective']:.3f} = {search['objective']}; weights {search['weights']}; grid "
+                      f"{search['carbon_g_per_kwh']} gCO2e/kWh)",
+                      f"recipe: {json.dumps(run.manifest['recipe'])}"]}
     report = build_report(spec)
     write_report(report, out, force=True)
     return {"headline": report.get("headline")}
 
 
 STAGE_FUNCS: dict[str, Callable[[Run, Path], dict[str, Any]]] = {
-    "baseline": stage_baseline, "prune": stage_prune, "distill": stage_distill, "export": stage_export,
+    "baseline": stage_baseline, "prune": stage_prune, "search": stage_search, "distill": stage_distill, "export": stage_export,
     "quantize": stage_quantize, "profile": stage_profile, "compare": stage_compare, "report": stage_report}
 
 # recipe fields each stage's result depends on (with the keys of the stages before it)
@@ -407,12 +570,14 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "baseline": ("samples", "seq_len", "seed", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
     "prune": ("importance", "target_energy_reduction", "max_accuracy_drop", "prune_budget", "prune_step",
               "finetune_epochs", "max_steps", "seed"),
-    "distill": ("distill_epochs", "temperature", "alpha", "distill_lr", "seed"),
+    "search": ("search_points", "search_temperatures", "search_quant", "search_budget", "w_accuracy", "w_energy",
+               "w_carbon", "reference_carbon_g_per_kwh", "max_accuracy_drop", "distill_epochs", "alpha", "distill_lr",
+               "calib_samples", "meter", "repeats", "window_s", "idle_s", "seed"),
+    "distill": ("distill_epochs", "alpha", "distill_lr", "seed"),
     "export": (),
-    "quantize": ("per_channel", "calib_samples"),
+    "quantize": ("calib_samples",),
     "profile": ("meter", "repeats", "window_s", "idle_s", "profile_runs"),
-    "compare": ("distill_only_width", "distill_epochs", "temperature", "alpha", "distill_lr", "per_channel",
-                "calib_samples", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "compare": ("distill_only_width", "distill_epochs", "alpha", "distill_lr", "calib_samples", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
     "report": (),
 }
 

@@ -375,11 +375,13 @@ def _importance_removed(group, step: float) -> float:
 
 def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: dict[str, float] | None = None,
                 reprofile: Callable[[Any], dict[str, float]] | None = None,
-                progress: Callable[[str], None] | None = None) -> PruneResult:
+                progress: Callable[[str], None] | None = None,
+                on_kept: Callable[[StepRecord, Any], None] | None = None) -> PruneResult:
     """Prune ``loaded.module`` (a copy; the original is untouched) under ``config``.
 
     ``costs`` (module -> J or ms per inference, from :func:`costs_for`) is needed for the energy method
-    and for target reductions; ``reprofile(module)`` re-measures them on the target."""
+    and for target reductions; ``reprofile(module)`` re-measures them on the target; ``on_kept(step,
+    module)`` sees the model after every kept step (the pipeline's scheduler picks among them)."""
     from toolchain.training import evaluate, outputs, train
 
     config.validate()
@@ -505,6 +507,8 @@ def prune_model(loaded, config: PruneConfig, train_data, eval_data, *, costs: di
                     rollbacks = config.patience  # uniform pruning has nothing else to try
             steps.append(StepRecord(step_no, chosen, kept, acc, count_params(module), reduction(), measured,
                                     time.perf_counter() - started))
+            if kept and on_kept:
+                on_kept(steps[-1], module)
     final = metric(module)
     channels1 = _channels(module)
     return PruneResult(module=module.eval(), base_metric=base, final_metric=final,

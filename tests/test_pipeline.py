@@ -1,0 +1,132 @@
+"""toolchain pipeline: the scheduler's choice, recipes, a whole run on the MNIST CNN, and a run killed in
+the middle of a stage that finishes on the next call, reusing the stages already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from toolchain.cli import main
+from toolchain.errors import ToolchainError
+from toolchain.pipeline import Recipe, choose, objective
+
+FAST = """
+samples = 600
+repeats = 2
+window_s = 0.2
+idle_s = 0
+profile_runs = 3
+max_steps = 3
+prune_step = 0.25
+distill_epochs = 1
+calib_samples = 32
+search_points = 2
+search_temperatures = [4.0]
+search_quant = 1
+max_accuracy_drop = 3.0
+"""
+
+
+def test_a_dirtier_grid_makes_the_scheduler_compress_harder():
+    base = {"metric": 90.0, "joules": 1.0}
+    candidates = [{"metric": 89.9, "joules": 0.60},   # mild
+                  {"metric": 89.7, "joules": 0.45},   # aggressive, within the budget
+                  {"metric": 88.0, "joules": 0.20}]   # over the budget: never chosen
+    recipe = Recipe(max_accuracy_drop=1.0, w_accuracy=1.0, w_energy=0.2, w_carbon=1.0)
+    assert choose(candidates, base, recipe, intensity=50.0) == 0
+    assert choose(candidates, base, recipe, intensity=800.0) == 1
+    assert objective(candidates[1], base, recipe, 800.0) > objective(candidates[0], base, recipe, 800.0)
+    assert choose([candidates[2]], base, recipe, intensity=800.0) is None
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[prune]\ntarget_energy_reduction = 1.5\n")
+    with pytest.raises(ToolchainError, match="out of range"):
+        Recipe.load(bad)
+    bad.write_text("speed = 3\n")
+    with pytest.raises(ToolchainError, match="unknown key 'speed'"):
+        Recipe.load(bad)
+    bad.write_text("not toml [")
+    with pytest.raises(ToolchainError, match="not a readable recipe"):
+        Recipe.load(bad)
+    r = CliRunner().invoke(main, ["pipeline", "--recipe", str(bad), "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "not a readable recipe" in r.output
+    r = CliRunner().invoke(main, ["pipeline", "--target", "no-such-target", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def _run(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "toolchain.cli", "pipeline", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
+    recipe = tmp_path / "fast.toml"
+    recipe.write_text(FAST)
+    run_dir = tmp_path / "run"
+    args = ["--meter", "estimate", "--recipe", str(recipe), "-o", str(run_dir), "--json"]
+    # killed (SIGKILL: no clean-up of its own) while the search stage runs
+    proc = _run(args, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(run_dir.glob(".search.tmp-*")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["baseline"]["status"] == "done" and manifest["stages"]["search"]["status"] == "running"
+    assert not (run_dir / "search").exists()  # nothing half-written where a finished stage would be
+
+    r = CliRunner().invoke(main, ["pipeline", *args])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads(r.output)
+    stages = manifest["stages"]
+    assert stages["baseline"]["reused"] and stages["prune"]["reused"] and not stages["search"]["reused"]
+    assert all(stages[s]["status"] == "done" for s in stages)
+    assert not list(run_dir.glob(".*.tmp-*")) and not (run_dir / ".lock").exists()
+    assert all((run_dir / name).is_file() for name in stages["quantize"]["outputs"])
+    # the artifact, its cost table and the report
+    assert (run_dir / "quantize" / "model.int8.onnx").is_file()
+    costs = json.loads((run_dir / "profile" / "costs.json").read_text())
+    assert costs["model"]["precision"] != "fp32" and costs["rows"]
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline (FP32)", "pruning only", "INT8 only", "distillation only", "full pipeline"]
+    assert report["estimated"] and "ESTIMATED" in (run_dir / "report" / "report.md").read_text()
+    assert report["pareto"]["points"] and any(p["front_energy"] for p in report["pareto"]["points"])
+    search = stages["search"]["metrics"]
+    assert len(search["candidates"]) == 2 and search["chosen"]["label"] in {c["label"] for c in search["candidates"]}
+    assert search["baseline"]["metric"] - search["chosen"]["metric"] <= 3.0 + 1e-9
+
+    # nothing changed: everything is reused; a changed recipe re-runs from the stage it touches
+    r = CliRunner().invoke(main, ["pipeline", *args])
+    assert r.exit_code == 0, r.output
+    assert all(s["reused"] for s in json.loads(r.output)["stages"].values())
+    recipe.write_text(FAST.replace("calib_samples = 32", "calib_samples = 16"))
+    r = CliRunner().invoke(main, ["pipeline", *args, "--until", "quantize"])
+    assert r.exit_code == 0, r.output
+    stages = json.loads(r.output)["stages"]
+    assert stages["prune"]["reused"] and not stages["search"]["reused"] and stages["profile"]["status"] == "stale"
+
+
+def test_pipeline_refuses_a_running_directory_and_bad_stage_ranges(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    r = CliRunner().invoke(main, ["pipeline", "--meter", "estimate", "-o", str(run_dir)])
+    assert r.exit_code == 2 and "another pipeline" in r.output
+    r = CliRunner().invoke(main, ["pipeline", "--from", "report", "--until", "prune", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "comes after" in r.output
+    Path(run_dir / ".lock").unlink()
