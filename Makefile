@@ -25,21 +25,14 @@ install: $(PY)
 test: install
 	$(PY) -m pytest -q
 
-# The main job on built-in defaults: real pretrained models and real data shipped in packages.
+# The main job on a built-in default: the pipeline on the pretrained ccexam MNIST CNN and real MNIST digits
+# (prune -> scheduler -> distill -> export -> INT8 -> profile -> compare -> report). A second `make demo`
+# reuses the finished stages; `rm -rf out/pipeline` starts over.
 demo: install
 	mkdir -p out
 	$(VENV)/bin/toolchain doctor
-	$(VENV)/bin/toolchain export mnist-cnn -o out/mnist-cnn.onnx --force
-	$(VENV)/bin/toolchain quantize out/mnist-cnn.onnx --calib builtin:mnist --eval-samples 2000 \
-		--max-accuracy-drop 0.3 -o out/mnist-cnn.int8.onnx --force
-	$(VENV)/bin/toolchain export minilm -o out/minilm.onnx --force
-	$(VENV)/bin/toolchain quantize out/minilm.onnx --mode dynamic --eval builtin:drugreviews \
-		--min-cosine 0.995 -o out/minilm.int8.onnx --force
-	$(VENV)/bin/toolchain targets
-	$(VENV)/bin/toolchain profile out/mnist-cnn.int8.onnx --target $(TARGET) --meter $(METER) \
-		--data builtin:mnist -o out/mnist-cnn.int8.profile --force
-	$(VENV)/bin/toolchain compare out/minilm.onnx out/minilm.int8.onnx --targets $(TARGET) --meter $(METER) \
-		--data builtin:drugreviews -o out/minilm.compare --force
+	$(VENV)/bin/toolchain pipeline --model mnist-cnn --data builtin:mnist --target $(TARGET) --meter $(METER) \
+		-o out/pipeline
 
 # Fashion-MNIST for the pruning benchmark: Debian's package (needs root and the Debian registry)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

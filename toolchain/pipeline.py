@@ -55,9 +55,11 @@ class Recipe:
     seq_len: int = 128
     # prune
     importance: str = "energy"
-    target_energy_reduction: float = 0.6
-    max_accuracy_drop: float = 1.0  # points, for the whole pipeline (pruning gets prune_budget of it)
-    prune_budget: float = 0.6  # share of max_accuracy_drop that pruning may spend (INT8 needs some)
+    target_energy_reduction: float = 0.8
+    max_accuracy_drop: float = 1.0  # points, for the artifact the pipeline delivers (checked by the scheduler)
+    # pruning may go this many times max_accuracy_drop below the baseline: distillation wins accuracy back,
+    # so the trajectory's later points are candidates too; the scheduler keeps only those within the budget
+    prune_budget: float = 2.0
     prune_step: float = 0.1
     finetune_epochs: int = 1
     max_steps: int = 20
@@ -73,6 +75,9 @@ class Recipe:
     search_points: int = 3  # pruning ratios taken from the pruning trajectory (the last kept step included)
     search_temperatures: tuple[float, ...] = (2.0, 4.0)
     search_quant: int = 2  # the target preset's first static INT8 configurations
+    # FP32 is a candidate too: where INT8 costs more energy on the target (measured), the scheduler keeps
+    # FP32 for the deliverable (the INT8 artifact of the chosen student is still written and compared)
+    search_fp32: bool = True
     search_budget: int = 12  # most candidates evaluated (0: no search, the defaults above)
     w_accuracy: float = 1.0  # objective weights (see choose())
     w_energy: float = 1.0
@@ -80,6 +85,9 @@ class Recipe:
     reference_carbon_g_per_kwh: float = 436.0  # the grid at which the carbon term weighs w_carbon (world 2022)
     # measure
     meter: str | None = None  # None: the target's
+    # inferences per call when measuring; J/inference = J per call / batch. 32 measures the model's work
+    # rather than ONNX Runtime's per-call overhead, which dominates a sub-millisecond model at batch 1
+    batch: int = 32
     repeats: int = 5
     window_s: float = 1.0
     idle_s: float | None = None
@@ -108,11 +116,13 @@ class Recipe:
         return recipe
 
     def validate(self) -> None:
-        for name in ("target_energy_reduction", "prune_budget", "prune_step", "distill_only_width"):
-            if not 0 < getattr(self, name) < 1 + (name == "prune_budget"):
+        for name in ("target_energy_reduction", "prune_step", "distill_only_width"):
+            if not 0 < getattr(self, name) < 1:
                 raise ToolchainError(f"recipe: {name} {getattr(self, name)} is out of range (0, 1)")
-        if self.max_accuracy_drop <= 0 or self.samples < 8 or self.repeats < 2:
-            raise ToolchainError("recipe: max_accuracy_drop must be > 0, samples >= 8 and repeats >= 2")
+        if not 0 < self.prune_budget <= 5:
+            raise ToolchainError(f"recipe: prune_budget {self.prune_budget} is out of range (0, 5]")
+        if self.max_accuracy_drop <= 0 or self.samples < 8 or self.repeats < 2 or self.batch < 1:
+            raise ToolchainError("recipe: max_accuracy_drop must be > 0, samples >= 8, repeats >= 2 and batch >= 1")
         if self.search_points < 1 or self.search_quant < 1 or not self.search_temperatures or self.search_budget < 0:
             raise ToolchainError("recipe: search_points and search_quant must be >= 1, search_temperatures non-empty, "
                                  "search_budget >= 0")
@@ -179,7 +189,7 @@ def _profile_options(run: Run, base: Path | None = None):
 
     r = run.recipe
     return ProfileOptions(meter=r.meter, repeats=r.repeats, window_s=r.window_s, idle_s=r.idle_s,
-                          profile_runs=r.profile_runs, seq_len=r.seq_len,
+                          profile_runs=r.profile_runs, seq_len=r.seq_len, batch=r.batch,
                           data=str((base or run.dir("baseline")) / "eval.npz"))
 
 
@@ -261,6 +271,14 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
     result = prune_model(loaded, config, train, held, costs=costs, progress=lambda t: run.progress(f"prune: {t}"),
                          on_kept=lambda step, module: kept.append((step, copy.deepcopy(module))))
     save_pruned(result, loaded, run.model, out, config, {"target": run.target.name}, force=True)
+    # pruning alone at the pipeline's budget (the "pruning only" variant): its most pruned step within it
+    within = [(step, module) for step, module in kept if result.base_metric - step.accuracy <= r.max_accuracy_drop]
+    step0, module0 = within[-1] if within else (None, copy.deepcopy(loaded.module))
+    save_pruned(replace(result, module=module0, final_metric=step0.accuracy if step0 else result.base_metric,
+                        reduction=step0.predicted_reduction if step0 else 0.0,
+                        params_after=step0.params if step0 else result.params_before,
+                        steps=[x for x in result.steps if step0 and x.step <= step0.step]),
+                loaded, run.model, out / "within-budget", config, {"target": run.target.name}, force=True)
     candidates = []
     (out / "candidates").mkdir()
     for n, (step, module) in enumerate(_spread(kept, r.search_points)):
@@ -344,7 +362,9 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
                                       "predicted_energy_reduction": 0.0, "params": prune["params_after"]}]
     p = preset(run.target.quant_preset)
     static = [c for c in (p.static, *p.candidates) if c.mode == "static"]
-    quants = list({c.label: c for c in static}.values())[:r.search_quant]
+    quants: list[Any] = list({c.label: c for c in static}.values())[:r.search_quant]
+    if r.search_fp32:
+        quants.append(None)
     grid = list(itertools.product(range(len(points)), r.search_temperatures, range(len(quants))))
     if r.search_budget == 0:  # no search: the most pruned point, the first temperature and configuration
         grid = [(len(points) - 1, r.search_temperatures[0], 0)]
@@ -364,14 +384,17 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
             export_model(_student(run, prune_dir, work / "student.pt"), work / "model.onnx", ExportOptions(parity=False))
             students[(pi, temperature)] = work
         work = students[(pi, temperature)]
-        int8 = work / f"model.q{qi}.onnx"
-        run.progress(f"search {n}/{len(grid)}: quantize {quants[qi].label}")
-        _quantize(run, work / "model.onnx", int8, quants[qi])
-        metric, _ = onnx_metric(int8, held, reference)
-        candidates.append({"label": f"p{pi} T={temperature:g} {quants[qi].label}", "onnx": str(int8.relative_to(out)),
+        if quants[qi] is None:
+            model, label = work / "model.onnx", "FP32"
+        else:
+            model, label = work / f"model.q{qi}.onnx", quants[qi].label
+            run.progress(f"search {n}/{len(grid)}: quantize {label}")
+            _quantize(run, work / "model.onnx", model, quants[qi])
+        metric, _ = onnx_metric(model, held, reference)
+        candidates.append({"label": f"p{pi} T={temperature:g} {label}", "onnx": str(model.relative_to(out)),
                            "prune_dir": point["dir"], "prune_step": point["step"],
                            "predicted_energy_reduction": point["predicted_energy_reduction"], "temperature": temperature,
-                           "quant": quants[qi].label, "quant_index": qi, "metric": metric})
+                           "quant": None if quants[qi] is None else label, "metric": metric})
     run.progress(f"search: measuring {len(candidates)} candidates and the baseline, windows interleaved")
     paths = [str(base_path), *[str(out / c["onnx"]) for c in candidates]]
     comparison = compare_models(paths, [run.target], replace(_profile_options(run), profile_runs=2),
@@ -386,6 +409,10 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
         c["joules_cv_pct"] = t.measurement["joules_per_inference"]["net"]["cv_pct"]
         c["objective"] = objective(c, base, r, run.target.carbon_g_per_kwh)
     chosen = choose(candidates, base, r, run.target.carbon_g_per_kwh)
+    # the INT8 configuration for the chosen student's INT8 artifact: the chosen one, else the best measured
+    int8_of_chosen = [c for c in candidates if c["quant"] and chosen is not None
+                      and (c["prune_dir"], c["temperature"]) == (candidates[chosen]["prune_dir"],
+                                                                 candidates[chosen]["temperature"])]
     if chosen is None:
         raise ToolchainError(f"no candidate stays within the accuracy budget of {r.max_accuracy_drop} points "
                              f"(best {max(c['metric'] for c in candidates):.2f} against {base_metric:.2f})",
@@ -402,7 +429,9 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
             "objective": objective.__doc__.split("::")[1].split("Accuracy")[0].strip(),
             "weights": {"accuracy": r.w_accuracy, "energy": r.w_energy, "carbon": r.w_carbon,
                         "reference_carbon_g_per_kwh": r.reference_carbon_g_per_kwh},
-            "candidates": candidates, "chosen": candidates[chosen]}
+            "candidates": candidates, "chosen": candidates[chosen],
+            "int8": candidates[chosen]["quant"] or (min(int8_of_chosen, key=lambda c: c["joules"])["quant"]
+                                                     if int8_of_chosen else _quant_config(run).label)}
 
 
 def _student(run: Run, student_dir: Path, weights: Path):
@@ -448,16 +477,24 @@ def _quantize(run: Run, src: Path, dest: Path, config) -> dict[str, Any]:
 
 
 def stage_quantize(run: Run, out: Path) -> dict[str, Any]:
-    return _quantize(run, run.dir("export") / "model.onnx", out / "model.int8.onnx", _quant_config(run, _chosen(run)["quant"]))
+    label = run.stage("search")["metrics"]["int8"]
+    return _quantize(run, run.dir("export") / "model.onnx", out / "model.int8.onnx", _quant_config(run, label))
+
+
+def deliverable(run: Run) -> Path:
+    """The artifact the run delivers: the INT8 model, or the FP32 one where the scheduler measured INT8
+    to cost more on the target."""
+    return run.dir("quantize") / "model.int8.onnx" if _chosen(run)["quant"] else run.dir("export") / "model.onnx"
 
 
 def stage_profile(run: Run, out: Path) -> dict[str, Any]:
     from toolchain.energyprofile import profile_model
 
-    table = profile_model(run.dir("quantize") / "model.int8.onnx", run.target, _profile_options(run),
-                          progress=run.progress)
+    artifact = deliverable(run)
+    table = profile_model(artifact, run.target, _profile_options(run), progress=run.progress)
     (out / "costs.json").write_text(table.to_json())
-    return {"joules_per_inference": table.joules_per_inference, "meter": table.meter}
+    return {"artifact": str(artifact.relative_to(run.root)), "precision": table.model["precision"],
+            "joules_per_inference": table.joules_per_inference, "meter": table.meter}
 
 
 def stage_compare(run: Run, out: Path) -> dict[str, Any]:
@@ -480,11 +517,11 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     loaded = _loaded(run)
     _, held = _datasets(run)
     base = run.dir("baseline") / "model.onnx"
-    run.progress("compare: pruning only (the pruned model, fine-tuned, FP32)")
-    export_model(load_pruned(run.dir("prune") / _chosen(run)["prune_dir"]), out / "pruning-only.onnx",
-                 ExportOptions(parity=False))
+    run.progress("compare: pruning only (the most pruned step within the budget, fine-tuned, FP32)")
+    export_model(load_pruned(run.dir("prune") / "within-budget"), out / "pruning-only.onnx", ExportOptions(parity=False))
     run.progress("compare: INT8 only")
-    _quantize(run, base, out / "int8-only.onnx", _quant_config(run, _chosen(run)["quant"]))
+    int8_label = run.stage("search")["metrics"]["int8"]
+    _quantize(run, base, out / "int8-only.onnx", _quant_config(run, int8_label))
     # distillation only: every layer (the head aside) at distill_only_width of its width, distilled
     run.progress("compare: distillation only (a uniformly narrower student, distilled)")
     narrow = copy.deepcopy(loaded.module)
@@ -499,8 +536,11 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     export_model(_student(run, student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
                  ExportOptions(parity=False))
     variants = {"baseline (FP32)": base, "pruning only": out / "pruning-only.onnx", "INT8 only": out / "int8-only.onnx",
-                "distillation only": out / "distill-only.onnx", "full pipeline": run.dir("quantize") / "model.int8.onnx"}
-    run.progress("compare: measuring all five on the target, windows interleaved")
+                "distillation only": out / "distill-only.onnx"}
+    if _chosen(run)["quant"] is None:  # the scheduler kept FP32: its INT8 counterpart is shown beside it
+        variants["prune + distill + INT8"] = run.dir("quantize") / "model.int8.onnx"
+    variants[f"full pipeline ({'INT8' if _chosen(run)['quant'] else 'FP32, INT8 measured costlier'})"] = deliverable(run)
+    run.progress(f"compare: measuring all {len(variants)} on the target, windows interleaved")
     comparison = compare_models([str(p) for p in variants.values()], [run.target], _profile_options(run),
                                 progress=run.progress)
     reference = onnx_outputs(base, held)
@@ -540,7 +580,8 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
     rows = json.loads((run.dir("compare") / "variants.json").read_text())
     search = run.stage("search")["metrics"]
     chosen = search["chosen"]
-    spec = {"title": f"{run.model} on {run.target.name}: pruned, distilled, INT8",
+    precision = "INT8" if chosen["quant"] else "FP32 (INT8 measured costlier on this target)"
+    spec = {"title": f"{run.model} on {run.target.name}: pruned, distilled, {precision}",
             "model": {"source": run.model, "sha256": run.manifest["inputs"]["model_hash"],
                       "task": run.manifest["inputs"].get("task")},
             "target": {"name": run.target.name, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
@@ -551,7 +592,9 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
                        for c in search["candidates"]],
             "stages": [{"name": s, "status": run.stage(s).get("status"), "seconds": run.stage(s).get("seconds")}
                        for s in STAGES if s in run.manifest["stages"]],
-            "notes": [f"scheduler: {len(search['candidates'])} candidates (pruning point x distillation temperature x "
+            "notes": [f"every variant measured at batch {run.recipe.batch} on {run.target.name}: J/inference and latency "
+                      f"per inference are per call / {run.recipe.batch}",
+                      f"scheduler: {len(search['candidates'])} candidates (pruning point x distillation temperature x "
                       f"INT8 configuration) measured on {run.target.name}; chosen {chosen['label']} (objective "
                       f"{chosen['objective']:.3f} = {search['objective']}; weights {search['weights']}; grid "
                       f"{search['carbon_g_per_kwh']} gCO2e/kWh)",
@@ -567,17 +610,18 @@ STAGE_FUNCS: dict[str, Callable[[Run, Path], dict[str, Any]]] = {
 
 # recipe fields each stage's result depends on (with the keys of the stages before it)
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "baseline": ("samples", "seq_len", "seed", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "baseline": ("samples", "seq_len", "seed", "meter", "batch", "repeats", "window_s", "idle_s", "profile_runs"),
     "prune": ("importance", "target_energy_reduction", "max_accuracy_drop", "prune_budget", "prune_step",
               "finetune_epochs", "max_steps", "seed"),
-    "search": ("search_points", "search_temperatures", "search_quant", "search_budget", "w_accuracy", "w_energy",
+    "search": ("search_points", "search_temperatures", "search_quant", "search_fp32", "search_budget", "w_accuracy", "w_energy",
                "w_carbon", "reference_carbon_g_per_kwh", "max_accuracy_drop", "distill_epochs", "alpha", "distill_lr",
-               "calib_samples", "meter", "repeats", "window_s", "idle_s", "seed"),
+               "calib_samples", "meter", "batch", "repeats", "window_s", "idle_s", "seed"),
     "distill": ("distill_epochs", "alpha", "distill_lr", "seed"),
     "export": (),
     "quantize": ("calib_samples",),
-    "profile": ("meter", "repeats", "window_s", "idle_s", "profile_runs"),
-    "compare": ("distill_only_width", "distill_epochs", "alpha", "distill_lr", "calib_samples", "meter", "repeats", "window_s", "idle_s", "profile_runs"),
+    "profile": ("meter", "batch", "repeats", "window_s", "idle_s", "profile_runs"),
+    "compare": ("distill_only_width", "distill_epochs", "alpha", "distill_lr", "calib_samples", "meter", "batch",
+                "repeats", "window_s", "idle_s", "profile_runs"),
     "report": (),
 }
 

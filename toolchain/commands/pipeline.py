@@ -74,6 +74,9 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
         report = (manifest["stages"].get("report") or {}).get("metrics") or {}
         if report.get("headline"):
             console.print(report["headline"])
+        profile = (manifest["stages"].get("profile") or {}).get("metrics") or {}
+        if profile.get("artifact"):
+            console.print(f"  deliverable ({profile['precision']}): {output}/{profile['artifact']}")
         for name in ("quantize/model.int8.onnx", "profile/costs.json", "report/report.md", "report/report.html"):
             if name in ((manifest["stages"].get(name.split("/")[0]) or {}).get("outputs") or {}):
                 console.print(f"  {output}/{name}")
@@ -92,7 +95,12 @@ def _summary(stage: str, m: dict) -> str:
     if stage == "quantize":
         return f"{m.get('config')} ({m.get('preset')})"
     if stage == "profile":
-        return f"{m.get('joules_per_inference', 0) * 1e3:.4f} mJ/inference ({(m.get('meter') or {}).get('kind')})"
+        return (f"{m.get('artifact')} ({m.get('precision')}): {m.get('joules_per_inference', 0) * 1e3:.4f} mJ/inference "
+                f"({(m.get('meter') or {}).get('kind')})")
+    if stage == "search":
+        c = m.get("chosen") or {}
+        return (f"{len(m.get('candidates', []))} candidates; chosen {c.get('label')}: {c.get('metric', 0):.2f}, "
+                f"{c.get('joules', 0) * 1e3:.4f} mJ/inference")
     if stage == "compare":
         return "; ".join(f"{v['name']} {v['metric']:.2f} {v['joules_per_inference'] * 1e3:.4f} mJ"
                          for v in m.get("variants", []))
