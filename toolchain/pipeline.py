@@ -204,10 +204,10 @@ def onnx_outputs(path: Path, data) -> Any:
 def onnx_metric(path: Path, data, reference) -> tuple[float, str]:
     """Accuracy % where the data has labels and the model gives logits, else cosine x 100 against the
     baseline's outputs ``reference``."""
-    from toolchain.quantize import fidelity
+    from toolchain.quantize import fidelity, is_classifier
 
     out = onnx_outputs(path, data)
-    classifier = out.ndim == 2 and data.labels is not None and out.shape[1] > int(data.labels.max())
+    classifier = data.labels is not None and is_classifier(path) and out.shape[1] > int(data.labels.max())
     fid = fidelity(reference, out, data.labels if classifier else None, classifier)
     if fid.accuracy_int8 is not None:
         return 100 * fid.accuracy_int8, "accuracy %"
@@ -508,9 +508,12 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
         PruneResult,
         _example,
         _prune,
+        _prune_transformer,
+        attention_blocks,
         load_pruned,
         output_layer,
         save_pruned,
+        transformer_units,
     )
 
     r = run.recipe
@@ -527,8 +530,12 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     narrow = copy.deepcopy(loaded.module)
     head = output_layer(narrow)
     config = PruneConfig(importance="l2", ratio=1 - r.distill_only_width, round_to=run.target.round_to)
-    _prune(loaded, narrow, _example(loaded, held), float(config.ratio),
-           [dict(narrow.named_modules())[head]] if head else [], config, None)
+    example = _example(loaded, held)
+    if attention_blocks(narrow):  # heads and MLP width of every layer
+        _prune_transformer(loaded, narrow, example, transformer_units(narrow), replace(config, step=config.ratio))
+    else:
+        _prune(loaded, narrow, example, float(config.ratio), [dict(narrow.named_modules())[head]] if head else [],
+               config, None)
     student_dir = out / "distill-only-student"
     save_pruned(PruneResult(narrow, 0.0, 0.0, "", 0, 0, 0, 0, 0.0, "uniform width"), loaded, run.model, student_dir,
                 config, {}, force=True)
@@ -733,10 +740,18 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
             say(f"{stage}: running")
             try:
                 metrics = STAGE_FUNCS[stage](run, tmp)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                manifest["stages"][stage]["status"] = "failed"
+                manifest["stages"][stage]["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 _write_json(manifest_path, manifest)
+                if isinstance(exc, KeyboardInterrupt | ToolchainError):
+                    done = [s for s in STAGES[:i] if manifest["stages"].get(s, {}).get("status") == "done"]
+                    err = ToolchainError(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else exc.message} "
+                                         f"(in stage {stage})",
+                                         hint=f"run the same command again: {', '.join(done) or 'no stage'} "
+                                              "will be reused" if isinstance(exc, KeyboardInterrupt) else exc.hint)
+                    err.exit_code = 130 if isinstance(exc, KeyboardInterrupt) else exc.exit_code
+                    raise err from None
                 raise
             _publish(tmp, root / stage)
             outputs = {str(p.relative_to(root)): _sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
