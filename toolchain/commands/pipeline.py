@@ -71,6 +71,21 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
             state = "reused" if s.get("reused") else s["status"]
             t.add_row(stage, state, f"{s.get('seconds', 0):.1f}", _summary(stage, s.get("metrics") or {}))
         console.print(t)
+        search = (manifest["stages"].get("search") or {}).get("metrics") or {}
+        front = [c for c in search.get("candidates", []) if c.get("front_energy") or c.get("front_latency")]
+        if front:
+            kind = (search.get("meter") or {}).get("kind", "")
+            f = Table(title=f"scheduler: Pareto front of {len(search['candidates'])} candidates (budget "
+                            f"{manifest['recipe']['max_accuracy_drop']} points; grid {search.get('carbon_g_per_kwh')} "
+                            "gCO2e/kWh)")
+            for col in ("candidate", "metric", f"mJ/inference ({kind})", "latency ms", "front", "objective"):
+                f.add_column(col, justify="left" if col in ("candidate", "front") else "right")
+            chosen = (search.get("chosen") or {}).get("label")
+            for c in sorted(front, key=lambda c: c["joules"]):
+                where = "+".join(n for n, k in (("energy", "front_energy"), ("latency", "front_latency")) if c.get(k))
+                f.add_row(("[bold]* " if c["label"] == chosen else "") + c["label"], f"{c['metric']:.2f}",
+                          f"{c['joules'] * 1e3:.4f}", f"{c['latency_ms']:.4f}", where, f"{c['objective']:.3f}")
+            console.print(f)
         report = (manifest["stages"].get("report") or {}).get("metrics") or {}
         if report.get("headline"):
             console.print(report["headline"])
