@@ -354,15 +354,19 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
 
     from toolchain.energyprofile import compare_models
     from toolchain.export import ExportOptions, export_model
-    from toolchain.quantize import preset
+    from toolchain.quantize import model_type, preset
 
     r = run.recipe
     prune = run.stage("prune")["metrics"]
     points = prune["candidates"] or [{"dir": ".", "step": 0, "metric": prune["metric"],
                                       "predicted_energy_reduction": 0.0, "params": prune["params_after"]}]
     p = preset(run.target.quant_preset)
-    static = [c for c in (p.static, *p.candidates) if c.mode == "static"]
-    quants: list[Any] = list({c.label: c for c in static}.values())[:r.search_quant]
+    base_path = run.dir("baseline") / "model.onnx"
+    # as `toolchain quantize` does: static configurations for CNNs; transformers start from the preset's
+    # transformer configuration (dynamic on CPUs), static quantization of their activations wrecks them
+    first = p.transformer if model_type(base_path) is not None else p.static
+    configs = [c for c in (first, *p.candidates) if c.mode == "static" or model_type(base_path) is not None]
+    quants: list[Any] = list({c.label: c for c in configs}.values())[:r.search_quant]
     if r.search_fp32:
         quants.append(None)
     grid = list(itertools.product(range(len(points)), r.search_temperatures, range(len(quants))))
@@ -371,7 +375,6 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
     elif len(grid) > r.search_budget:  # spread the budget over the grid, the most pruned point first
         grid = sorted(grid, key=lambda g: (-g[0], g[1], g[2]))[:r.search_budget]
     _, held = _datasets(run)
-    base_path = run.dir("baseline") / "model.onnx"
     reference = onnx_outputs(base_path, held)
     candidates: list[dict[str, Any]] = []
     students: dict[tuple[int, float], Path] = {}
@@ -431,7 +434,7 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
                         "reference_carbon_g_per_kwh": r.reference_carbon_g_per_kwh},
             "candidates": candidates, "chosen": candidates[chosen],
             "int8": candidates[chosen]["quant"] or (min(int8_of_chosen, key=lambda c: c["joules"])["quant"]
-                                                     if int8_of_chosen else _quant_config(run).label)}
+                                                     if int8_of_chosen else quants[0].label)}
 
 
 def _student(run: Run, student_dir: Path, weights: Path):
@@ -453,14 +456,12 @@ def stage_export(run: Run, out: Path) -> dict[str, Any]:
     return {"parity": [asdict(c) for c in result.parity], "nodes": result.nodes, "size_bytes": result.size_bytes}
 
 
-def _quant_config(run: Run, label: str | None = None):
-    """The target preset's INT8 configuration named ``label`` (None: its default static one)."""
+def _quant_config(run: Run, label: str):
+    """The target preset's INT8 configuration named ``label``."""
     from toolchain.quantize import preset
 
     p = preset(run.target.quant_preset)
-    if label is None:
-        return p.static
-    config = next((c for c in (p.static, *p.candidates) if c.label == label), None)
+    config = next((c for c in (p.static, p.transformer, *p.candidates) if c.label == label), None)
     if config is None:
         raise ToolchainError(f"the chosen INT8 configuration {label!r} is not in preset {p.name}", hint="--from search")
     return config
