@@ -31,14 +31,18 @@ from toolchain.pipeline import STAGES
 @click.pass_context
 def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, target_energy_reduction, meter, samples,
              from_stage, until, output, as_json):
-    """One run from a PyTorch model to a deployable INT8 ONNX artifact, its cost tables and its report.
+    """One run from a PyTorch model to a deployable ONNX artifact (INT8 where it pays off on the
+    target), its cost tables and its sustainability report.
 
     \b
     Stages: baseline (export FP32, profile on the target) -> prune (energy-aware,
-    fed by the baseline cost table) -> distill (pruned student, unpruned teacher) ->
-    export -> quantize (INT8 static, per-channel) -> profile -> compare (baseline,
-    pruning only, INT8 only, distillation only, full pipeline; measured together) ->
-    report (RUN_DIR/report/report.md, .html, .json).
+    fed by the baseline cost table) -> search (the scheduler: pruning points x
+    distillation temperatures x INT8 configurations and FP32, each distilled,
+    quantized, evaluated and measured; the best by a weighted accuracy / energy /
+    carbon objective within --max-accuracy-drop, carbon weighted by the target's
+    grid; Pareto front) -> distill -> export -> quantize -> profile -> compare
+    (baseline, pruning only, INT8 only, distillation only, full pipeline; measured
+    together) -> report (RUN_DIR/report/report.md, .html, .json).
 
     Re-running skips the finished stages whose inputs did not change (RUN_DIR/manifest.json
     keeps their keys and output hashes); an interrupted stage leaves nothing half-written
@@ -47,7 +51,8 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
     \b
     Examples:
       toolchain pipeline -o runs/mnist --meter estimate
-      toolchain pipeline --model minilm --data builtin:drugreviews --max-accuracy-drop 2 -o runs/minilm
+      toolchain pipeline --model minilm --data builtin:drugreviews --max-accuracy-drop 2 \
+          --recipe minilm.toml -o runs/minilm     # the default recipe is sized for small CNNs
       toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
     """
     from toolchain.pipeline import run_pipeline
