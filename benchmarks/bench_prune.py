@@ -5,7 +5,9 @@ prune it twice with the same budget and the same (unreachable) reduction target,
 cuts as much as its accuracy budget allows:
 
 * magnitude: every layer loses the same share of its channels (L2 norm) a step at a time;
-* energy: the layer group with the most energy per unit of importance first (toolchain.prune).
+* energy: the layer group with the most energy per unit of importance first (toolchain.prune);
+* with --ablation also the paper's ablations of its index: alpha=0 (energy saved alone ranks the
+  candidates) and beta=0 (the weight norm removed alone).
 
 Both pruned models are exported and measured against the unpruned one on the target, their windows
 interleaved: latency, J/inference (measured by the target's meter, or the labelled estimate where it
@@ -33,6 +35,11 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 HERE = Path(__file__).parent
+# method -> (importance, alpha, beta); the last two are the paper's ablations of its index (Table 1)
+METHODS = {"l2": ("l2", 1.0, 1.0), "energy": ("energy", 1.0, 1.0), "energy-a0": ("energy", 0.0, 1.0),
+           "energy-b0": ("energy", 1.0, 0.0)}
+LABELS = {"l2": "magnitude (l2)", "energy": "energy-aware", "energy-a0": "energy-aware, alpha=0",
+          "energy-b0": "energy-aware, beta=0"}
 
 
 def fashion_cnn(workdir: Path, epochs: int, samples: int, factory: str = "fashion_cnn"):
@@ -91,10 +98,11 @@ def run_model(name: str, args, work: Path) -> dict:
     out = {"model": name, "target": target.name, "budget_points": args.budget, "table_meter": table.meter,
            "methods": {}}
     paths = {"baseline": base_path}
-    for method in ("l2", "energy"):
-        config = PruneConfig(importance=method, target_energy_reduction=0.95, max_accuracy_drop=args.budget,
+    for method in list(METHODS) if args.ablation else list(METHODS)[:2]:
+        importance, alpha, beta = METHODS[method]
+        config = PruneConfig(importance=importance, target_energy_reduction=0.95, max_accuracy_drop=args.budget,
                              step=args.step, finetune_epochs=1, lr=args.lr, max_steps=args.max_steps,
-                             round_to=target.round_to)
+                             round_to=target.round_to, alpha=alpha, beta=beta)
         started = time.perf_counter()
         result = prune_model(loaded, config, train_data, eval_data, costs=costs,
                              progress=lambda text, m=method: print(f"  {name} {m}: {text}", file=sys.stderr))
@@ -118,7 +126,7 @@ def run_model(name: str, args, work: Path) -> dict:
     out["measured"] = {"kind": base["meter"]["kind"], "meter": base["meter"]["name"],
                        "baseline_latency_ms": base["latency_ms"]["median_ms"],
                        "baseline_joules": base["joules_per_inference"]["net"]["mean"]}
-    for method in ("l2", "energy"):
+    for method in out["methods"]:
         c = cols[f"{name}-{method}"]
         out["methods"][method]["latency_reduction"] = 1 - c["latency_ms"]["median_ms"] / base["latency_ms"]["median_ms"]
         out["methods"][method]["energy_reduction"] = 1 - (c["joules_per_inference"]["net"]["mean"]
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="accuracy budget, points")
     parser.add_argument("--step", type=float, default=0.1)
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--ablation", action="store_true",
+                        help="also the index's ablations: alpha=0 (energy only) and beta=0 (weight norm only)")
     parser.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the prune command's)")
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per text (minilm)")
@@ -160,7 +170,7 @@ def main() -> None:
         t.add_column(col, justify="left" if col in ("model", "method", "energy") else "right")
     for r in rows:
         for method, m in r["methods"].items():
-            t.add_row(r["model"], "magnitude (l2)" if method == "l2" else "energy-aware",
+            t.add_row(r["model"], LABELS[method],
                       f"{m['accuracy_before']:.2f} -> {m['accuracy_after']:.2f}",
                       f"{1 - m['params_after'] / m['params_before']:.1%}", f"{1 - m['macs_after'] / m['macs_before']:.1%}",
                       f"{m['latency_reduction']:.1%}", f"{m['energy_reduction']:.1%}", r["measured"]["kind"],
