@@ -178,9 +178,10 @@ def main() -> None:
     Console(width=150).print(t)
     for r in rows:
         e, m = r["methods"]["energy"], r["methods"]["l2"]
-        ratio = e["energy_reduction"] / m["energy_reduction"] if m["energy_reduction"] > 0 else float("inf")
+        ratio = (f"{e['energy_reduction'] / m['energy_reduction']:.2f}x" if m["energy_reduction"] > 0
+                 else "no ratio: magnitude cut nothing measurable")
         print(f"{r['model']}: energy-aware cut {e['energy_reduction']:.1%} of J/inference, magnitude {m['energy_reduction']:.1%} "
-              f"({ratio:.2f}x; {r['measured']['kind']})")
+              f"({ratio}; {r['measured']['kind']})")
     out = HERE / "results" / "prune.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -21,7 +21,6 @@ epoch's shuffling and dropout are seeded from (seed, epoch). A different ``--epo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -35,7 +34,7 @@ import numpy as np
 from toolchain import __version__
 from toolchain.data import Dataset
 from toolchain.errors import ToolchainError, one_line
-from toolchain.io import pid_alive
+from toolchain.io import atomic_write, remove_stale, write_json
 
 STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
 FORMAT = 1
@@ -98,27 +97,10 @@ def _read_checkpoint(out: Path) -> dict[str, Any]:
     return state
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_torch(obj: Any, path: Path) -> None:
     import torch
 
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _save_json(obj: dict[str, Any], path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"), "w")
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _subset(ds: Dataset, idx: np.ndarray) -> Dataset:
@@ -229,9 +211,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     metric = "accuracy" if teacher_metrics.accuracy is not None else "cosine"
     out.mkdir(parents=True, exist_ok=True)
     for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
-        for stale in out.glob(f".{name}.tmp-*"):  # left by a killed run
-            if not pid_alive(stale.name.rpartition("-")[2]):
-                stale.unlink(missing_ok=True)
+        remove_stale(out, f".{name}.tmp-*")  # left by a killed run
         if force and not resume:
             (out / name).unlink(missing_ok=True)
 
@@ -262,7 +242,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         status = "done" if ckpt["epoch"] == config.epochs else "running"
         report.clear()
         report.update(make_report(ckpt["history"], status))
-        _save_json(report, out / REPORT_FILE)
+        write_json(out / REPORT_FILE, report)
         clock[0] = time.perf_counter()
 
     if state is not None and int(state["epoch"]) >= config.epochs:
@@ -278,7 +258,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         done = report.get("epochs") or (state["history"] if state is not None else [])
         if report:
             report["status"] = "interrupted"
-            _save_json(report, out / REPORT_FILE)
+            write_json(out / REPORT_FILE, report)
         where = f"after epoch {len(done)}/{config.epochs}" if done else "in epoch 1"
         exc = ToolchainError(f"interrupted {where}",
                              hint=f"`toolchain distill -o {output} --resume` continues" if done or state

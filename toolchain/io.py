@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from toolchain.errors import ToolchainError
 
@@ -59,10 +61,7 @@ def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | 
 def atomic_dir(final: Path) -> Iterator[Path]:
     """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
     The directory is removed however the block exits, so an interruption leaves nothing half-written."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed run
-        pid = stale.name.rpartition("-")[2]
-        if not pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(final.parent, f".{final.name}.tmp-*")
     scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -87,6 +86,32 @@ def pid_alive(pid: int | str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_stale(directory: Path, pattern: str) -> None:
+    """Remove the scratch files or directories matching ``pattern`` (named ``...-PID``) whose process is
+    gone: what a killed run left behind."""
+    for stale in directory.glob(pattern):
+        if not pid_alive(stale.name.rpartition("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"), "w")
 
 
 def commit_files(scratch: Path, final: Path) -> list[Path]:

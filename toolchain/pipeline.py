@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.errors import ToolchainError
+from toolchain.io import remove_stale, sha256_file, write_json
 
 STAGES = ("baseline", "prune", "search", "distill", "export", "quantize", "profile", "compare", "report")
 MANIFEST = "manifest.json"
@@ -152,22 +153,8 @@ class Run:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _loaded(run: Run):
@@ -325,6 +312,10 @@ def stage_distill(run: Run, out: Path) -> dict[str, Any]:
         "student": chosen["prune_dir"], "temperature": chosen["temperature"]}
 
 
+OBJECTIVE = ("w_accuracy * (metric - metric_base) / max_accuracy_drop - w_energy * J / J_base "
+             "- w_carbon * (intensity / reference_intensity) * gCO2e / gCO2e_base")
+
+
 def objective(c: dict[str, Any], base: dict[str, Any], recipe: Recipe, intensity: float) -> float:
     """The scheduler's weighted objective (higher is better)::
 
@@ -403,7 +394,7 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
     comparison = compare_models(paths, [run.target], replace(_profile_options(run), profile_runs=2),
                                 progress=run.progress)
     tables = [comparison.tables[(path, run.target.name)] for path in paths]
-    base_metric, _ = onnx_metric(base_path, held, reference)
+    base_metric = run.stage("baseline")["metrics"]["metric"]
     base = {"metric": base_metric, "joules": tables[0].joules_per_inference,
             "latency_ms": tables[0].measurement["latency_ms"]["median_ms"]}
     for c, t in zip(candidates, tables[1:], strict=True):
@@ -429,7 +420,7 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
     for work in students.values():  # the search's students are scratch: the distill stage redoes the chosen one
         (work / "student.pt").unlink(missing_ok=True)
     return {"baseline": base, "meter": tables[0].meter, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
-            "objective": objective.__doc__.split("::")[1].split("Accuracy")[0].strip(),
+            "objective": OBJECTIVE,
             "weights": {"accuracy": r.w_accuracy, "energy": r.w_energy, "carbon": r.w_carbon,
                         "reference_carbon_g_per_kwh": r.reference_carbon_g_per_kwh},
             "candidates": candidates, "chosen": candidates[chosen],
@@ -560,7 +551,7 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
         rows.append({"name": name, "onnx": str(path), "metric": metric, "metric_name": metric_name, "params": params,
                      "size_bytes": path.stat().st_size, "measurement": table.measurement,
                      "cost_table": json.loads(table.to_json())})
-    _write_json(out / "variants.json", rows)
+    write_json(out / "variants.json", rows)
     return {"variants": [{k: v for k, v in r.items() if k not in ("measurement", "cost_table")}
                          | {"joules_per_inference": r["measurement"]["joules_per_inference"]["net"]["mean"],
                             "latency_ms": r["measurement"]["latency_ms"]["median_ms"]} for r in rows]}
@@ -636,17 +627,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 def _outputs_intact(root: Path, entry: dict[str, Any]) -> bool:
     files = entry.get("outputs") or {}
-    return bool(files) and all((root / name).is_file() and _sha256(root / name) == digest
+    return bool(files) and all((root / name).is_file() and sha256_file(root / name) == digest
                                for name, digest in files.items())
-
-
-def _clean_stale(root: Path) -> None:
-    """Temporary stage directories left by a killed run (its process is gone)."""
-    from toolchain.io import pid_alive
-
-    for tmp in root.glob(".*.tmp-*"):
-        if not pid_alive(tmp.name.rpartition("-")[2]):
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def _lock(root: Path) -> Path:
@@ -699,7 +681,7 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
     root.mkdir(parents=True, exist_ok=True)
     lock = _lock(root)
     try:
-        _clean_stale(root)
+        remove_stale(root, ".*.tmp-*")  # stage directories of a killed run
         manifest_path = root / MANIFEST
         manifest: dict[str, Any] = {}
         if manifest_path.is_file():
@@ -709,9 +691,9 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
                 manifest = {}
             if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
                 manifest = {}
-        data_hash = _sha256(Path(data)) if Path(data).is_file() else None
+        data_hash = sha256_file(Path(data)) if Path(data).is_file() else None
         inputs = {"model": model, "model_hash": loaded.source_hash, "task": loaded.task, "data": data,
-                  "data_sha256": data_hash, "target": target.to_dict() if hasattr(target, "to_dict") else target.name}
+                  "data_sha256": data_hash, "target": target.to_dict()}
         manifest.update({"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": inputs,
                          "recipe": asdict(recipe), "versions": versions()})
         manifest.setdefault("stages", {})
@@ -736,7 +718,7 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             manifest["stages"][stage] = {"status": "running", "key": key, "config": config}
-            _write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
             started = time.perf_counter()
             say(f"{stage}: running")
             try:
@@ -744,7 +726,7 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 manifest["stages"][stage]["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                _write_json(manifest_path, manifest)
+                write_json(manifest_path, manifest)
                 if isinstance(exc, KeyboardInterrupt | ToolchainError):
                     done = [s for s in STAGES[:i] if manifest["stages"].get(s, {}).get("status") == "done"]
                     err = ToolchainError(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else exc.message} "
@@ -755,7 +737,7 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
                     raise err from None
                 raise
             _publish(tmp, root / stage)
-            outputs = {str(p.relative_to(root)): _sha256(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
+            outputs = {str(p.relative_to(root)): sha256_file(p) for p in sorted((root / stage).rglob("*")) if p.is_file()}
             manifest["stages"][stage] = {"status": "done", "key": key, "config": config, "outputs": outputs,
                                          "metrics": metrics, "seconds": round(time.perf_counter() - started, 2),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reused": False}
@@ -763,7 +745,7 @@ def run_pipeline(model: str, target_spec: str, data: str, output: str | Path, *,
             for later in STAGES[i + 1:]:  # their inputs may have changed
                 if later in manifest["stages"]:
                     manifest["stages"][later]["status"] = "stale"
-            _write_json(manifest_path, manifest)
+            write_json(manifest_path, manifest)
         return manifest
     finally:
         lock.unlink(missing_ok=True)

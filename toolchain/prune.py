@@ -279,15 +279,11 @@ def _unit_importance_removed(module, kind: str, name: str, step: float) -> float
 
     m = dict(module.named_modules())[name]
     if kind == "heads":
-        heads = m.num_attention_heads
         w = torch.cat([getattr(m, k).weight.detach() for k in ("query", "key", "value")], dim=1)
-        scores = w.view(heads, -1).norm(dim=1)
-        k = max(1, round(step * heads))
+        scores = w.view(m.num_attention_heads, -1).norm(dim=1)
     else:
         scores = m.weight.detach().norm(dim=1)
-        k = max(1, round(step * len(scores)))
-    s = scores.sort().values
-    return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
+    return _smallest_share(scores, max(1, round(step * len(scores))))
 
 
 def _prune_transformer(loaded, module, example, units: list[tuple[str, str]], config: PruneConfig) -> None:
@@ -365,7 +361,11 @@ def _importance_removed(group, step: float) -> float:
     scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
     if scores is None or len(scores) == 0:
         return 1.0
-    k = max(1, round(len(scores) * step))
+    return _smallest_share(scores, max(1, round(len(scores) * step)))
+
+
+def _smallest_share(scores, k: int) -> float:
+    """Share of the total score held by the ``k`` smallest scores (what cutting them removes)."""
     s = scores.sort().values
     return float(s[:k].sum() / s.sum()) if float(s.sum()) > 0 else 1.0
 
