@@ -43,9 +43,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from toolchain.data import DataOptions, load_dataset_for
-    from toolchain.models import load_model
-    from toolchain.prune import PruneConfig, prune_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.model.data import load_dataset_for
+    from toolchain.model.load import load_model
+    from toolchain.prune.engine import PruneConfig, prune_model
     from toolchain.training import evaluate, train
 
     rows = []

@@ -31,9 +31,9 @@ EXPORTERS = ("dynamo", "torchscript")
 def coverage(path: str, loaded, workdir: Path) -> dict:
     import onnx
 
-    from toolchain.models import make_inputs
-    from toolchain.nodemap import NodeModuleMap, OptimizedGraph
-    from toolchain.profiling import profile_nodes
+    from toolchain.formats.nodemap import NodeModuleMap, OptimizedGraph
+    from toolchain.model.forward import make_inputs
+    from toolchain.profile.trace import profile_nodes
 
     node_map = NodeModuleMap.from_model(onnx.load(path, load_external_data=False))
     feeds = {k: v.numpy() for k, v in make_inputs(loaded, batch=1, seq_len=128 if loaded.is_text else None).items()}
@@ -56,8 +56,10 @@ def coverage(path: str, loaded, workdir: Path) -> dict:
 
 def quantize(path: str, out: Path) -> str:
     """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), 4 random samples."""
-    from toolchain.data import DataOptions, load_dataset
-    from toolchain.quantize import QuantConfig, quantize_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+    from toolchain.quantize.engine import quantize_model
+    from toolchain.targets.presets import QuantConfig
 
     data = load_dataset("random", path, DataOptions(samples=4, seq_len=64))
     return quantize_model(path, out, QuantConfig(), data, fuse=False).path
@@ -77,8 +79,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.models import load_model
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

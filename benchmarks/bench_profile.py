@@ -30,8 +30,8 @@ warnings.filterwarnings("ignore")
 
 
 def export(name: str, tmp: Path) -> Path:
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.models import load_model
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
 
     path = tmp / f"{name}.onnx"
     export_model(load_model(name), path, ExportOptions(parity=False))
@@ -39,7 +39,7 @@ def export(name: str, tmp: Path) -> Path:
 
 
 def overhead(path: Path, feeds, runs: int) -> dict:
-    from toolchain.profiling import profile_nodes
+    from toolchain.profile.trace import profile_nodes
 
     prof = profile_nodes(path, feeds, runs=runs, warmup=3, reference=True)
     profiled = statistics.median(prof.profiled_wall_us) / 1000
@@ -54,9 +54,9 @@ def layers_alone(path: Path, feeds, runs: int) -> dict:
     import onnx
     from onnx.utils import Extractor
 
-    from toolchain.costs import attribute, with_input_shapes
-    from toolchain.profiling import profile_nodes
-    from toolchain.runtime import create_session
+    from toolchain.profile.attribution import attribute, with_input_shapes
+    from toolchain.profile.trace import profile_nodes
+    from toolchain.runtime.session import create_session
 
     prof = profile_nodes(path, feeds, runs=runs, warmup=3, reference=True)
     rows, _ = attribute(path, prof, feeds, (0.0, 0.0))
@@ -127,9 +127,10 @@ def _random_like(vi):
 
 
 def energy_cv(path: Path, feeds, meter_name: str, trials: int, repeats: int, window_s: float) -> dict:
+    from toolchain.core.stats import Stat
     from toolchain.energy import open_meter
-    from toolchain.measure import Stat, measure
-    from toolchain.runtime import create_session
+    from toolchain.profile.measure import measure
+    from toolchain.runtime.session import create_session
 
     per_trial = []
     kinds = set()
@@ -163,7 +164,7 @@ def main() -> None:
     from rich.table import Table
 
     from toolchain.energy import rapl
-    from toolchain.energyprofile import ProfileOptions, make_feeds
+    from toolchain.profile.run import ProfileOptions, make_feeds
 
     meter = args.meter or ("rapl" if rapl.probe().readable else "estimate")
     console = Console(width=150)

@@ -46,8 +46,9 @@ def fashion_cnn(workdir: Path, epochs: int, samples: int, factory: str = "fashio
     """Train ``benchmarks/<factory>.py:make`` on Fashion-MNIST (seeded); returns the LoadedModel."""
     import torch
 
-    from toolchain.data import DataOptions, load_dataset_for
-    from toolchain.models import load_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.model.data import load_dataset_for
+    from toolchain.model.load import load_model
     from toolchain.training import evaluate, train
 
     torch.manual_seed(0)
@@ -63,13 +64,14 @@ def fashion_cnn(workdir: Path, epochs: int, samples: int, factory: str = "fashio
 
 
 def run_model(name: str, args, work: Path) -> dict:
-    from toolchain.costs import CostTable
-    from toolchain.data import DataOptions, load_dataset_for
-    from toolchain.energyprofile import ProfileOptions, compare_models, profile_model
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.models import load_model
-    from toolchain.prune import PruneConfig, costs_for, prune_model
-    from toolchain.targets import load_target
+    from toolchain.data.dataset import DataOptions
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.formats.costs import CostTable
+    from toolchain.model.data import load_dataset_for
+    from toolchain.model.load import load_model
+    from toolchain.profile.run import ProfileOptions, compare_models, profile_model
+    from toolchain.prune.engine import PruneConfig, costs_for, prune_model
+    from toolchain.targets.target import load_target
 
     target = load_target(args.target)
     if name in ("fashion-cnn", "fashion-resnet"):

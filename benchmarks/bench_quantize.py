@@ -36,7 +36,7 @@ DEPTHWISE = str(Path(__file__).with_name("depthwise_net.py")) + ":make"
 
 
 def configs_for(name: str):
-    from toolchain.quantize import QuantConfig
+    from toolchain.targets.presets import QuantConfig
 
     static = [QuantConfig(), QuantConfig(activations="int8"), QuantConfig(activations="int8", fmt="qoperator"),
               QuantConfig(reduce_range=True)]
@@ -54,10 +54,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from toolchain.data import DataOptions, load_dataset
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.models import load_model
-    from toolchain.quantize import compare_models, quantize_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
+    from toolchain.quantize.engine import compare_models, quantize_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ warnings.filterwarnings("ignore")
 
 
 def _export(tmp_path_factory, source: str, exporter: str = "dynamo", **kwargs):
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.models import load_model
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
 
     loaded = load_model(source)
     out = tmp_path_factory.mktemp(f"{source}-{exporter}") / f"{source}.onnx"

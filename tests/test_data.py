@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolchain.data import DataOptions, drug_reviews, load_dataset, model_inputs
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
+from toolchain.core.onnxfile import model_inputs
+from toolchain.data.dataset import DataOptions
+from toolchain.data.load import load_dataset
+from toolchain.data.readers import drug_reviews
 
 
 def test_model_inputs_have_symbolic_batch(mnist_cnn):
@@ -93,8 +96,8 @@ def test_fashion_mnist_reader_on_a_fake_idx_tree(tmp_path):
 
     import numpy as np
 
-    from toolchain.data import fashion_mnist
-    from toolchain.errors import ToolchainError
+    from toolchain.core.errors import ToolchainError
+    from toolchain.data.readers import fashion_mnist
 
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:

@@ -8,6 +8,7 @@ import types
 
 import pytest
 
+from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import (
     Meter,
     MeterOptions,
@@ -18,7 +19,6 @@ from toolchain.energy import (
     open_meter,
     rapl,
 )
-from toolchain.errors import MeterUnavailableError
 
 MAX_UJ = 262143328850
 

@@ -10,10 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.errors import ParityError, ToolchainError
-from toolchain.export import ExportOptions, compare, export_model, read_provenance
-from toolchain.models import load_model, make_inputs, run_torch
-from toolchain.runtime import create_session
+from toolchain.core.errors import ParityError, ToolchainError
+from toolchain.core.onnxfile import read_provenance
+from toolchain.export.exporter import ExportOptions, compare, export_model
+from toolchain.model.forward import make_inputs, run_torch
+from toolchain.model.load import load_model
+from toolchain.runtime.session import create_session
 
 from .test_models import FACTORY  # noqa: F401  (shared user-module source)
 

@@ -7,8 +7,10 @@ import textwrap
 import pytest
 import torch
 
-from toolchain.errors import ToolchainError
-from toolchain.models import load_model, make_inputs, parse_input_spec, run_torch
+from toolchain.core.errors import ToolchainError
+from toolchain.model.forward import make_inputs, run_torch
+from toolchain.model.load import load_model
+from toolchain.model.spec import parse_input_spec
 
 FACTORY = textwrap.dedent("""
     import torch

@@ -5,17 +5,23 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from toolchain.models import make_inputs
-from toolchain.nodemap import COMPUTE_OPS, NodeModuleMap, OptimizedGraph, _scope_to_module, _variants
-from toolchain.profiling import profile_nodes
+from toolchain.formats.nodemap import (
+    COMPUTE_OPS,
+    NodeModuleMap,
+    OptimizedGraph,
+    name_variants,
+    scope_to_module,
+)
+from toolchain.model.forward import make_inputs
+from toolchain.profile.trace import profile_nodes
 
 
 def test_variants_strip_ort_suffixes():
-    assert _variants("relu_3_nchwc")[-1] == "relu_3"
-    assert _variants("node_Conv_97_token_12")[-1] == "node_Conv_97"
-    assert "onnx::Conv_73" in _variants("onnx::Conv_73_DequantizeLinear/duplicated")
-    assert "node_MatMul_127" in _variants("node_MatMul_127/MatMulScaleFusion/")
-    assert _variants("plain") == ["plain"]
+    assert name_variants("relu_3_nchwc")[-1] == "relu_3"
+    assert name_variants("node_Conv_97_token_12")[-1] == "node_Conv_97"
+    assert "onnx::Conv_73" in name_variants("onnx::Conv_73_DequantizeLinear/duplicated")
+    assert "node_MatMul_127" in name_variants("node_MatMul_127/MatMulScaleFusion/")
+    assert name_variants("plain") == ["plain"]
 
 
 def test_torchscript_scope_components_hang_off_ancestors():
@@ -23,13 +29,15 @@ def test_torchscript_scope_components_hang_off_ancestors():
                                "model.stages.0.layers.0", "model.stages.0.layers.0.layer",
                                "model.stages.0.layers.0.layer.0", "model.stages.0.layers.0.layer.0.conv")}
     parts = ["model", "stages.0", "layers.0", "layer", "layer.0", "conv"]
-    assert _scope_to_module(parts, modules, "") == "model.stages.0.layers.0.layer.0.conv"
+    assert scope_to_module(parts, modules, "") == "model.stages.0.layers.0.layer.0.conv"
 
 
 def _quantize(path, loaded, out):
     """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), on random inputs."""
-    from toolchain.data import DataOptions, load_dataset
-    from toolchain.quantize import QuantConfig, quantize_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+    from toolchain.quantize.engine import quantize_model
+    from toolchain.targets.presets import QuantConfig
 
     data = load_dataset("random", path, DataOptions(samples=3, seq_len=16))
     return quantize_model(path, out, QuantConfig(), data, fuse=False).path
@@ -113,7 +121,7 @@ def test_cli_inspect_resolves_profiled_names(tiny_resnet):
     from click.testing import CliRunner
 
     from toolchain.cli import main
-    from toolchain.inspect import _cpu_optimized_graph
+    from toolchain.export.describe import _cpu_optimized_graph
 
     _, result = tiny_resnet
     graph = _cpu_optimized_graph(result.path)

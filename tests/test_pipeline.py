@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.errors import ToolchainError
-from toolchain.pipeline import Recipe, choose, objective
+from toolchain.core.errors import ToolchainError
+from toolchain.pipeline.runner import Recipe, choose, objective
 
 FAST = """
 samples = 600

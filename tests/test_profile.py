@@ -15,11 +15,13 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from toolchain.cli import main
-from toolchain.costs import SCHEMA_VERSION, CostTable, grams_co2e_per_1000, graph_stats
+from toolchain.core.errors import ToolchainError
+from toolchain.core.stats import Stat
 from toolchain.energy import EnergyReading, WindowTooShortError
-from toolchain.errors import ToolchainError
-from toolchain.measure import Stat, measure
-from toolchain.profiling import parse_trace
+from toolchain.formats.costs import SCHEMA_VERSION, CostTable, grams_co2e_per_1000
+from toolchain.profile.attribution import graph_stats
+from toolchain.profile.measure import measure
+from toolchain.profile.trace import parse_trace
 
 
 class CountingMeter:
@@ -120,8 +122,10 @@ def test_carbon_arithmetic():
 
 @pytest.fixture(scope="module")
 def fp32_and_int8(tiny_resnet, tmp_path_factory):
-    from toolchain.data import DataOptions, load_dataset
-    from toolchain.quantize import QuantConfig, quantize_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+    from toolchain.quantize.engine import quantize_model
+    from toolchain.targets.presets import QuantConfig
 
     loaded, result = tiny_resnet
     out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
@@ -210,7 +214,7 @@ def test_profile_bad_input(tmp_path):
 def test_a_model_without_node_map_fails_before_measuring(tmp_path, monkeypatch):
     from onnx import save
 
-    import toolchain.energyprofile as ep
+    import toolchain.profile.run as ep
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured a model whose layers cannot be named")

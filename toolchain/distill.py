@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolchain import __version__
-from toolchain.data import Dataset
-from toolchain.errors import ToolchainError, one_line
-from toolchain.io import atomic_write, remove_stale, write_json
+from toolchain.core.errors import ToolchainError, one_line
+from toolchain.core.fsio import atomic_write, remove_stale, write_json
+from toolchain.data.dataset import Dataset
 
 STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
 FORMAT = 1
@@ -123,7 +123,7 @@ def _load_pair(config: DistillConfig):
     """Teacher and student; a user-module student without --input-shape takes the teacher's inputs."""
     import torch
 
-    from toolchain.models import load_model
+    from toolchain.model.load import load_model
 
     teacher = load_model(config.teacher)
     shapes = list(config.input_shapes) or None
@@ -168,7 +168,8 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     """Run (or ``resume``) the job ``config`` into the directory ``output``; return the report that is
     also written as ``distill.json``. ``on_epoch(epoch, metrics)`` runs after each epoch's files are
     written (tests interrupt there). Ctrl-C or SIGTERM stops with exit code 130 and a hint to resume."""
-    from toolchain.data import DataOptions, load_dataset_for
+    from toolchain.data.dataset import DataOptions
+    from toolchain.model.data import load_dataset_for
     from toolchain.training import evaluate, objective_for, outputs, train
 
     out = Path(output).expanduser().resolve()

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain.data import Dataset
-from toolchain.errors import ToolchainError, one_line
-from toolchain.models import LoadedModel, export_module
+from toolchain.core.errors import ToolchainError, one_line
+from toolchain.data.dataset import Dataset
+from toolchain.model.forward import export_module
+from toolchain.model.spec import LoadedModel
 
 OBJECTIVES = ("ce", "kd", "kl", "mse", "cosine")
 LABEL_FREE = ("kl", "mse", "cosine")

@@ -38,8 +38,9 @@ def compare(ctx, models, target_specs, meter, watts, watts_per_core, data, batch
     """
     from pathlib import Path
 
-    from toolchain.energyprofile import compare_models
-    from toolchain.targets import default_target_name, load_target
+    from toolchain.profile.run import compare_models
+    from toolchain.targets.host import default_target_name
+    from toolchain.targets.target import load_target
 
     quiet = is_quiet(ctx, as_json)
     if len(models) > 8:
@@ -66,7 +67,7 @@ def _write(result, data_out, output, force, models, top):
     import json
     from pathlib import Path
 
-    from toolchain.charts import comparison_png, html_page
+    from toolchain.report.charts import comparison_png, html_page
 
     png = comparison_png(data_out)
     header, rows = _summary_rows(data_out)
@@ -77,7 +78,7 @@ def _write(result, data_out, output, force, models, top):
     for i, ((model, target), table) in enumerate(result.tables.items(), 1):
         files[f"costs-{i}-{Path(model).stem}-{target}.json"] = table.to_json()
         files[f"costs-{i}-{Path(model).stem}-{target}.csv"] = table.to_csv()
-    from toolchain.io import write_files
+    from toolchain.core.fsio import write_files
 
     return write_files(files, output, force, inputs=tuple(models))
 

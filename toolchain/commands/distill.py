@@ -96,8 +96,8 @@ def distill(ctx, output, resume, force, as_json, **options) -> None:
     """
     from click.core import ParameterSource
 
+    from toolchain.core.errors import ToolchainError
     from toolchain.distill import DistillConfig, recorded_config, run_distill
-    from toolchain.errors import ToolchainError
 
     if resume and force:
         raise ToolchainError("--resume and --force exclude each other")

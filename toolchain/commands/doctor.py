@@ -17,7 +17,7 @@ def doctor(as_json: bool) -> None:
     without a GPU, then silently falls back to CPU), and which power meters are readable, with the fix
     for each one that is not.
     """
-    from toolchain.doctor import run_doctor
+    from toolchain.report.doctor import run_doctor
 
     report = run_doctor()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
-from toolchain.models import TASKS
+from toolchain.model.spec import TASKS
 
 
 @click.command()
@@ -51,9 +51,9 @@ def export(ctx, model, output, task, weights, input_shapes, allow_pickle, export
       toolchain export ./my_model_dir --task sequence-classification -o clf.onnx
       toolchain export mypkg.nets:make_net --weights net.pt --input-shape 1x3x32x32 -o net.onnx
     """
-    from toolchain.export import ExportOptions, export_model
-    from toolchain.io import check_output
-    from toolchain.models import load_model
+    from toolchain.core.fsio import check_output
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
 
     quiet = is_quiet(ctx, as_json)
     check_output(output, force=force)  # fail fast, before the model loads (export_model checks inputs too)

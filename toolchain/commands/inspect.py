@@ -22,7 +22,7 @@ def inspect_(onnx_file, names, show_nodes, as_json) -> None:
       toolchain inspect resnet50.onnx
       toolchain inspect resnet50.onnx --resolve relu_3_nchwc@Conv --resolve ReorderOutput
     """
-    from toolchain.inspect import inspect_model
+    from toolchain.export.describe import inspect_model
 
     info = inspect_model(onnx_file, list(names), include_nodes=show_nodes)
 

@@ -17,7 +17,7 @@ def models(as_json: bool) -> None:
     for accuracy. Any of these names works where a MODEL is asked for, as do a transformers model
     directory, `package.module:factory` and `file.py:factory`.
     """
-    from toolchain.models import catalogue
+    from toolchain.model.catalogue import catalogue
 
     entries = [{"name": e.name, "kind": e.kind, "modality": e.modality, "description": e.description}
                for e in catalogue()]

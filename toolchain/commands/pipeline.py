@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
-from toolchain.pipeline import STAGES
+from toolchain.pipeline.runner import STAGES
 
 
 @click.command()
@@ -55,7 +55,7 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
           --recipe minilm.toml -o runs/minilm     # the default recipe is sized for small CNNs
       toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
     """
-    from toolchain.pipeline import run_pipeline
+    from toolchain.pipeline.runner import run_pipeline
 
     overrides = {"max_accuracy_drop": max_accuracy_drop, "target_energy_reduction": target_energy_reduction,
                  "meter": meter, "samples": samples}

@@ -41,7 +41,7 @@ def measure_options(f):
 def profile_options(meter, watts, watts_per_core, data, batch, seq_len, repeats, window_s, idle_s, warmup,
                     profile_runs, threads):
     from toolchain.energy import MeterOptions
-    from toolchain.energyprofile import ProfileOptions
+    from toolchain.profile.run import ProfileOptions
 
     if (watts or watts_per_core) and meter != "estimate":
         raise click.UsageError("--watts and --watts-per-core only apply to --meter estimate")
@@ -83,10 +83,11 @@ def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, 
     """
     from pathlib import Path
 
-    from toolchain.charts import html_page, layer_energy_png, table_notes, table_rows
-    from toolchain.energyprofile import profile_model
-    from toolchain.io import write_files
-    from toolchain.targets import default_target_name, load_target
+    from toolchain.core.fsio import write_files
+    from toolchain.profile.run import profile_model
+    from toolchain.report.charts import html_page, layer_energy_png, table_notes, table_rows
+    from toolchain.targets.host import default_target_name
+    from toolchain.targets.target import load_target
 
     quiet = is_quiet(ctx, as_json)
     options = profile_options(meter, watts, watts_per_core, data, batch, seq_len, repeats, window_s, idle_s, warmup,
@@ -111,7 +112,7 @@ def profile(ctx, model, target_spec, meter, watts, watts_per_core, data, batch, 
 def _render(console, table, top, written) -> None:
     from rich.table import Table
 
-    from toolchain.charts import table_rows
+    from toolchain.report.charts import table_rows
 
     m = table.measurement
     kind = table.energy_kind

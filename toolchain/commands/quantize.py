@@ -36,8 +36,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _check_providers(providers) -> None:
-    from toolchain.errors import ToolchainError
-    from toolchain.runtime import provider_name, provider_statuses
+    from toolchain.core.errors import ToolchainError
+    from toolchain.runtime.session import provider_name, provider_statuses
 
     statuses = {s.name: s for s in provider_statuses()}
     for p in providers:
@@ -111,11 +111,12 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
-    from toolchain.quantize import PRESETS, run_quantize_command
+    from toolchain.quantize.engine import run_quantize_command
+    from toolchain.targets.presets import PRESETS
 
     if preset_name and preset_name not in PRESETS:  # a target: its preset, and where it runs
-        from toolchain.errors import ToolchainError
-        from toolchain.targets import builtin_names, load_target
+        from toolchain.core.errors import ToolchainError
+        from toolchain.targets.target import builtin_names, load_target
 
         try:
             target = load_target(preset_name)

@@ -56,7 +56,8 @@ def targets(specs: tuple[str, ...], as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from toolchain.targets import builtin_targets, load_target, meter_statuses, usable
+    from toolchain.targets.host import meter_statuses, usable
+    from toolchain.targets.target import builtin_targets, load_target
 
     loaded = [load_target(s) for s in specs] if specs else builtin_targets()
     rows = []
@@ -80,7 +81,7 @@ def targets(specs: tuple[str, ...], as_json: bool) -> None:
         t.add_column("preset", no_wrap=True)
         t.add_column("usable here")
         for row in rows:
-            providers = " > ".join(_short(p["name"]) for p in row["providers"])
+            providers = " > ".join(short_label(p["name"]) for p in row["providers"])
             meters = ", ".join(f"[green]{m['name']}[/]" if m["readable"] else f"[red]{m['name']} (unreadable)[/]"
                                for m in row["meter_status"])
             verdict = "[green]yes[/]" if row["usable"] else f"[red]no[/]: {escape(row['reason'])}"
@@ -93,7 +94,7 @@ def targets(specs: tuple[str, ...], as_json: bool) -> None:
     emit({"targets": rows}, as_json, render)
 
 
-def _short(provider: str) -> str:
+def short_label(provider: str) -> str:
     """``TensorrtExecutionProvider`` -> ``TensorRT``."""
     name = provider.removesuffix("ExecutionProvider")
     return {"Tensorrt": "TensorRT", "Dml": "DirectML"}.get(name, name)

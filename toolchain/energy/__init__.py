@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from toolchain.errors import ToolchainError
+from toolchain.core.errors import ToolchainError
 
 METERS = ("rapl", "nvml", "jetson", "estimate")
 
@@ -88,7 +88,7 @@ class MeterOptions:
 
 def open_meter(name: str, options: MeterOptions | None = None) -> Meter:
     """Open the meter called ``name`` on this machine's real paths, or raise ``MeterUnavailableError``."""
-    from toolchain.errors import MeterUnavailableError
+    from toolchain.core.errors import MeterUnavailableError
 
     options = options or MeterOptions()
     if name == "rapl":

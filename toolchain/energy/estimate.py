@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
-from toolchain.errors import MeterUnavailableError
 
 CPUINFO = Path("/proc/cpuinfo")
 MIN_WINDOW_S = 0.01

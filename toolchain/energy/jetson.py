@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
 from toolchain.energy.nvml import MIN_SAMPLES, PowerSampler
-from toolchain.errors import MeterUnavailableError
 
 I2C_DRIVERS = Path("/sys/bus/i2c/drivers")
 BOARD_RAIL = "VDD_IN"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
-from toolchain.errors import MeterUnavailableError
 
 PIP_HINT = "pip install nvidia-ml-py (or toolchain[gpu]); not the deprecated `pynvml` package"
 DRIVER_HINT = "this needs an NVIDIA GPU with its driver loaded (`nvidia-smi` must work)"

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
-from toolchain.errors import MeterUnavailableError
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 GRANT_READ = ("grant read access as root: `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj "

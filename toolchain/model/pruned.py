@@ -1,0 +1,60 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolchain.core.errors import ToolchainError
+from toolchain.formats.pruned import FORMAT, FORMAT_VERSION, PRUNED_FILE, WEIGHTS_FILE
+
+
+def load_pruned(path: str | Path):
+    """Rebuild a pruned model: load its original source, re-shape the pruned modules, load the tensors
+    (``weights_only=True``: nothing is unpickled but tensors)."""
+    import torch
+
+    from toolchain.model.load import load_model
+
+    p = Path(path)
+    try:
+        meta = json.loads((p / PRUNED_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ToolchainError(f"{p / PRUNED_FILE}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ToolchainError(f"{p}: not a toolchain pruned model of format version {FORMAT_VERSION}")
+    loaded = load_model(meta["source"], weights=meta.get("weights"), input_shapes=meta.get("input_shapes"))
+    if loaded.source_hash != meta["source_hash"]:
+        raise ToolchainError(f"{p}: its original model {meta['source']!r} has changed since it was pruned "
+                             "(source hash differs)", hint="prune the current model again")
+    try:
+        state = torch.load(p / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ToolchainError(f"{p / WEIGHTS_FILE}: not a tensor file ({type(exc).__name__})") from None
+    module = loaded.module
+    modules = dict(module.named_modules())
+    for name, attrs in meta["modules"].items():
+        m = modules.get(name)
+        if m is None:
+            raise ToolchainError(f"{p}: names a module {name!r} the original model does not have")
+        for a, v in attrs.items():
+            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        m = modules.get(owner)
+        current = getattr(m, leaf, None) if m is not None else None
+        if isinstance(current, torch.nn.Parameter) and current.shape != tensor.shape:
+            setattr(m, leaf, torch.nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad))
+        elif isinstance(current, torch.Tensor) and current.shape != tensor.shape:
+            m._buffers[leaf] = torch.empty_like(tensor)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ToolchainError(f"{p}: the weights do not fit the rebuilt model ({str(exc).splitlines()[0]})") from None
+    module.eval()
+    loaded.source = str(p)
+    loaded.kind = f"pruned ({loaded.kind})"
+    loaded.description = f"{loaded.description}, pruned: {meta['result']['params_after']:,} of " \
+                         f"{meta['result']['params_before']:,} parameters"
+    loaded.input_paths = [*loaded.input_paths, str(p / WEIGHTS_FILE), str(p / PRUNED_FILE)]
+    return loaded

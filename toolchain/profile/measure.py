@@ -1,0 +1,158 @@
+"""Measuring a model on a meter: warm-up, an idle baseline, then repeated windows of N inferences long
+enough for the meter's resolution. Each window gives joules per inference and watts, gross (what the
+meter read) and net (minus the idle baseline's power over the same time); per-call latencies are timed
+inside the windows. Comparisons interleave candidates window by window so that drift (thermal, other
+load) hits every candidate alike. The ORT profiler is never on during these windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from toolchain.core.errors import ToolchainError
+from toolchain.core.stats import LatencyStats, Stat
+from toolchain.energy import EnergyReading, Meter, WindowTooShortError
+
+
+@dataclass(frozen=True)
+class Window:
+    """One measured window: ``inferences`` calls in ``seconds``; ``gross_j`` as read, ``net_j`` minus the
+    idle baseline (never below zero)."""
+
+    inferences: int
+    seconds: float
+    gross_j: float
+    net_j: float
+    domains: dict[str, float]
+
+
+@dataclass
+class Measurement:
+    """Latency and energy of one candidate on one meter. Energy figures are per inference (one call of
+    the model at the measured batch size). ``measured`` is False when the meter is an estimate."""
+
+    label: str
+    meter: str
+    measured: bool
+    source: str
+    idle_watts: float
+    idle_seconds: float
+    windows: list[Window]
+    latency: LatencyStats
+    batch: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "measured" if self.measured else "estimated"
+
+    @property
+    def joules(self) -> Stat:
+        """Net (active) joules per inference: the idle baseline's power is subtracted."""
+        return Stat.of([w.net_j / w.inferences for w in self.windows])
+
+    @property
+    def gross_joules(self) -> Stat:
+        return Stat.of([w.gross_j / w.inferences for w in self.windows])
+
+    @property
+    def watts(self) -> Stat:
+        """Gross watts during the windows."""
+        return Stat.of([w.gross_j / w.seconds for w in self.windows])
+
+    @property
+    def net_watts(self) -> Stat:
+        return Stat.of([w.net_j / w.seconds for w in self.windows])
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label, "batch": self.batch,
+            "meter": {"name": self.meter, "kind": self.kind, "source": self.source},
+            "idle_baseline": {"watts": self.idle_watts, "seconds": self.idle_seconds},
+            "repeats": len(self.windows), "inferences_per_window": [w.inferences for w in self.windows],
+            "latency_ms": self.latency.to_dict(),
+            "joules_per_inference": {"net": self.joules.to_dict(), "gross": self.gross_joules.to_dict(),
+                                     "kind": self.kind},
+            "watts": {"gross": self.watts.to_dict(), "net": self.net_watts.to_dict(), "kind": self.kind},
+            "windows": [asdict(w) for w in self.windows], "notes": self.notes,
+        }
+
+
+def idle_baseline(meter: Meter, seconds: float) -> float:
+    """Watts the meter reads while this process sleeps for ``seconds`` (0 when ``seconds`` is 0)."""
+    if seconds <= 0:
+        return 0.0
+    seconds = max(seconds, 2 * meter.min_window_s)
+    for attempt in range(3):
+        token = meter.begin()
+        time.sleep(seconds)
+        try:
+            return meter.end(token).watts
+        except WindowTooShortError:
+            if attempt == 2:
+                raise
+            seconds *= 2
+    raise AssertionError("unreachable")
+
+
+def _window(meter: Meter, fn: Callable[[], object], n: int, samples: list[float]) -> EnergyReading:
+    token = meter.begin()
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return meter.end(token)
+
+
+def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeats: int = 5,
+            window_s: float = 1.0, warmup: int = 3, idle_s: float = 2.0, batch: int = 1,
+            progress: Callable[[str], None] | None = None) -> dict[str, Measurement]:
+    """Measure each callable (one inference per call) on ``meter``: an idle baseline of ``idle_s`` seconds,
+    ``warmup`` untimed calls each, then ``repeats`` windows per candidate, interleaved (A B A B ...).
+
+    Each candidate's window holds enough calls to last ``window_s`` seconds (at least ten times the
+    meter's resolution); a window the meter cannot resolve is grown and measured again."""
+    if repeats < 2:
+        raise ToolchainError("--repeats must be at least 2 (a spread needs two windows)")
+    if not candidates:
+        raise ToolchainError("nothing to measure")
+    window_s = max(window_s, 10 * meter.min_window_s)
+    # idle first: after a run, ONNX Runtime's thread pool spins for a while and would inflate the baseline
+    if progress and idle_s > 0:
+        progress(f"idle baseline ({idle_s:g} s)")
+    idle_w = idle_baseline(meter, idle_s)
+    sizes: dict[str, int] = {}
+    for name, fn in candidates.items():
+        for _ in range(warmup):
+            fn()
+        t = time.perf_counter()
+        calls = 0
+        while calls < 3 or time.perf_counter() - t < min(0.2, window_s / 5):
+            fn()
+            calls += 1
+        per_call = (time.perf_counter() - t) / calls
+        sizes[name] = max(1, math.ceil(window_s / per_call))
+    windows: dict[str, list[Window]] = {name: [] for name in candidates}
+    latencies: dict[str, list[float]] = {name: [] for name in candidates}
+    notes: dict[str, list[str]] = {name: [] for name in candidates}
+    for r in range(repeats):
+        for name, fn in candidates.items():
+            if progress:
+                progress(f"{name}: window {r + 1}/{repeats} ({sizes[name]} inferences)")
+            for attempt in range(4):
+                try:
+                    reading = _window(meter, fn, sizes[name], latencies[name])
+                    break
+                except WindowTooShortError as exc:
+                    if attempt == 3:
+                        raise
+                    sizes[name] *= 2
+                    notes[name].append(f"window grown to {sizes[name]} inferences: {exc.message}")
+            net = max(reading.total_j - idle_w * reading.seconds, 0.0)
+            windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules)))
+    return {name: Measurement(name, meter.name, meter.measured, meter.source, idle_w, idle_s, windows[name],
+                              LatencyStats.from_seconds(latencies[name]), batch, notes[name])
+            for name in candidates}

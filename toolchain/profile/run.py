@@ -1,0 +1,278 @@
+"""Profiling a model on a target: measured latency and energy (no profiler on), a separate profiled run
+for the per-layer split, and the cost table; and comparisons of models across targets.
+
+Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call these functions.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolchain.core.errors import MeterUnavailableError, ToolchainError
+from toolchain.energy import Meter, MeterOptions, open_meter
+from toolchain.formats.costs import CostTable, grams_co2e_per_1000
+from toolchain.profile.attribution import attribute
+from toolchain.profile.measure import Measurement, measure
+
+
+@dataclass
+class ProfileOptions:
+    """How to measure: ``meter`` overrides the target's meter (``estimate`` for a labelled estimate);
+    ``repeats`` windows of at least ``window_s`` seconds after ``warmup`` calls and an idle baseline of
+    ``idle_s`` seconds (default: the target's); ``profile_runs`` profiled runs for the per-layer split."""
+
+    meter: str | None = None
+    meter_options: MeterOptions = field(default_factory=MeterOptions)
+    repeats: int = 5
+    window_s: float = 1.0
+    warmup: int = 5
+    idle_s: float | None = None
+    profile_runs: int = 20
+    threads: int | None = None
+    batch: int = 1
+    data: str | None = None
+    seq_len: int = 128
+
+
+def make_feeds(model_path: str | Path, options: ProfileOptions) -> tuple[dict[str, np.ndarray], str]:
+    """One batch of inputs for ``model_path``: the first ``batch`` samples of ``options.data`` (any data
+    spec :func:`toolchain.data.load_dataset` takes), or synthetic inputs when no data is given."""
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+
+    spec = options.data or "random"
+    ds = load_dataset(spec, model_path, DataOptions(samples=options.batch, seq_len=options.seq_len))
+    if len(ds) < options.batch:
+        raise ToolchainError(f"{spec}: {len(ds)} samples, fewer than the batch size {options.batch}")
+    return next(ds.batches(options.batch)), ds.source
+
+
+def target_meter(target, options: ProfileOptions) -> Meter:
+    """Open the meter ``options.meter`` names, else the first readable one of the target's meters (listed
+    in order of preference). When none can be read, :class:`MeterUnavailableError` says why and how to
+    fix it, and that ``--meter estimate`` exists."""
+    names = [options.meter] if options.meter else list(target.meters or ["estimate"])
+    first: MeterUnavailableError | None = None
+    for name in names:
+        try:
+            return open_meter(name, options.meter_options)
+        except MeterUnavailableError as exc:
+            first = first or MeterUnavailableError(f"power meter {name!r} of target {target.name!r}: {exc.message}",
+                                                   hint=exc.hint)
+    assert first is not None
+    extra = "" if names == ["estimate"] else "; or pass --meter estimate for a figure labelled as an estimate"
+    raise MeterUnavailableError(first.message, hint=(first.hint or "") + extra)
+
+
+def check_mapped(model_path: str | Path) -> None:
+    """Fail before measuring when the model carries no node-to-module map (layers could not be named)."""
+    from toolchain.core.onnxfile import model_metadata
+    from toolchain.formats.nodemap import MAP_KEY
+
+    if MAP_KEY not in model_metadata(model_path):
+        raise ToolchainError(f"{model_path}: no node-to-module map in the model's metadata",
+                             hint="export it with `toolchain export` (layers can only be named for models it exported)")
+
+
+def check_usable(target) -> None:
+    from toolchain.targets.host import usable
+
+    ok, reason = usable(target)
+    if not ok:
+        raise ToolchainError(f"target {target.name!r} is not usable on this machine: {reason}",
+                             hint="`toolchain targets` lists the targets and why each is or is not usable")
+
+
+def session_for(model_path: str | Path, target, threads: int | None):
+    from toolchain.runtime.session import create_session
+
+    return create_session(model_path, target.provider_names(), threads=threads or target.threads or None,
+                          provider_options=target.provider_options())
+
+
+def versions() -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    from toolchain import __version__
+
+    return {"toolchain": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def model_info(model_path: str | Path, feeds: dict[str, np.ndarray], data_source: str) -> dict[str, Any]:
+    from toolchain.core.fsio import sha256_file
+    from toolchain.core.onnxfile import read_provenance
+
+    prov = read_provenance(model_path)
+    quant = prov.get("quantization")
+    return {"path": str(model_path), "name": Path(model_path).name, "sha256": sha256_file(model_path),
+            "source": prov.get("source"), "source_kind": prov.get("source_kind"),
+            "source_hash": prov.get("source_hash"),
+            "precision": "int8" if quant else "fp32",
+            "quantization": quant.get("config", {}).get("label") if isinstance(quant, dict) else None,
+            "inputs": {k: list(v.shape) for k, v in feeds.items()}, "data": data_source}
+
+
+def target_info(target) -> dict[str, Any]:
+    return {"name": target.name, "path": str(target.path) if target.path else None,
+            "providers": target.provider_names(), "threads": target.threads,
+            "carbon_g_per_kwh": target.carbon_g_per_kwh, "carbon_source": target.carbon_source}
+
+
+def build_table(model_path: str | Path, target, measurement: Measurement, feeds: dict[str, np.ndarray],
+                data_source: str, options: ProfileOptions, workdir: str | Path) -> CostTable:
+    """The profiled run (separate from the energy windows) and the cost table around ``measurement``."""
+    from toolchain.profile.trace import profile_nodes
+
+    prof = profile_nodes(model_path, feeds, providers=target.provider_names(), runs=options.profile_runs,
+                         warmup=2, threads=options.threads or target.threads or None, workdir=workdir,
+                         provider_options=target.provider_options(), reference=True)
+    joules = measurement.joules
+    rows, summary = attribute(model_path, prof, feeds, (joules.mean, joules.std))
+    # the reference for the per-layer sum: an unprofiled session alternated run by run with the profiled one
+    # (the machine state of the energy windows a minute earlier may differ); the windows' latency is beside it
+    # Medians: on a shared machine a few slow runs would otherwise decide the comparison.
+    e2e = float(np.median(prof.plain_wall_us)) / 1000
+    profiled_ms = float(np.median(prof.profiled_wall_us)) / 1000
+    per_run = [sum(n.per_run_us[i] for n in prof.nodes if len(n.per_run_us) == prof.runs) for i in range(prof.runs)]
+    layers_ms = float(np.median(per_run)) / 1000
+    profile = {"runs": prof.runs, **summary, "layers_sum_ms": layers_ms, "end_to_end_ms": e2e,
+               "statistic": "median over runs",
+               "end_to_end_source": "an unprofiled session alternated run by run with the profiled one (spinning off in both)",
+               "gap_pct": 100 * (layers_ms - e2e) / e2e, "windows_latency_ms": measurement.latency.median_ms,
+               "profiled_run_ms": profiled_ms, "profiler_overhead_pct": 100 * (profiled_ms - e2e) / e2e}
+    m = measurement.to_dict()
+    m.pop("windows")
+    carbon = grams_co2e_per_1000(joules.mean, target.carbon_g_per_kwh)
+    m["gco2e_per_1000"] = {"mean": carbon, "ci95": [grams_co2e_per_1000(x, target.carbon_g_per_kwh) for x in joules.ci95],
+                           "kind": measurement.kind, "intensity_g_per_kwh": target.carbon_g_per_kwh,
+                           "intensity_source": target.carbon_source}
+    meter = {"name": measurement.meter, "kind": measurement.kind, "source": measurement.source,
+             "idle_watts": measurement.idle_watts}
+    return CostTable(model=model_info(model_path, feeds, data_source), target=target_info(target), meter=meter,
+                     measurement=m, profile=profile, rows=rows, versions=versions())
+
+
+def profile_model(model_path: str | Path, target, options: ProfileOptions,
+                  progress: Callable[[str], None] | None = None) -> CostTable:
+    """Measure ``model_path`` on ``target`` and return its per-layer cost table."""
+    check_mapped(model_path)
+    check_usable(target)
+    feeds, source = make_feeds(model_path, options)
+    meter = target_meter(target, options)
+    try:
+        result = _measure_alone(model_path, target, feeds, meter, options, progress)
+    finally:
+        meter.close()
+    if progress:
+        progress("profiling per-node kernel times")
+    with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
+        return build_table(model_path, target, next(iter(result.values())), feeds, source, options, work)
+
+
+def _measure_alone(model_path, target, feeds, meter, options: ProfileOptions, progress) -> dict[str, Measurement]:
+    """The energy windows, in a session that is gone when this returns: an idle session's spinning thread
+    pool would slow the profiled session that follows."""
+    session = session_for(model_path, target, options.threads)
+    return measure({Path(model_path).name: lambda: session.run(None, feeds)}, meter, repeats=options.repeats,
+                   window_s=options.window_s, warmup=options.warmup,
+                   idle_s=target.idle_seconds if options.idle_s is None else options.idle_s,
+                   batch=options.batch, progress=progress)
+
+
+@dataclass
+class Comparison:
+    """Models x targets: a cost table per (model, target) measured here, and targets skipped with why."""
+
+    tables: dict[tuple[str, str], CostTable]
+    skipped: dict[str, str]
+
+    def columns(self) -> list[tuple[str, str]]:
+        return list(self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        cols = self.columns()
+        base = self.tables[cols[0]] if cols else None
+        out = []
+        for key in cols:
+            t = self.tables[key]
+            lat = t.measurement["latency_ms"]["mean_ms"]
+            j = t.joules_per_inference
+            out.append({
+                "model": key[0], "target": key[1], "precision": t.model["precision"], "sha256": t.model["sha256"],
+                "latency_ms": t.measurement["latency_ms"], "joules_per_inference": t.measurement["joules_per_inference"],
+                "watts": t.measurement["watts"], "gco2e_per_1000": t.measurement["gco2e_per_1000"],
+                "meter": t.meter, "repeats": t.measurement["repeats"],
+                "latency_ratio": lat / base.measurement["latency_ms"]["mean_ms"] if base else None,
+                "energy_ratio": (j / base.joules_per_inference) if base and base.joules_per_inference else None,
+            })
+        return {"columns": out, "skipped": [{"target": k, "reason": v} for k, v in self.skipped.items()],
+                "layer_deltas": self.layer_deltas()}
+
+    def layer_deltas(self) -> list[dict[str, Any]]:
+        """Per-module latency and energy of each column against the first, costliest first."""
+        cols = self.columns()
+        if len(cols) < 2:
+            return []
+        base = self.tables[cols[0]].by_module()
+        others = [(f"{Path(m).name} @ {t}", self.tables[(m, t)].by_module()) for m, t in cols[1:]]
+        rows = []
+        for module, r in base.items():
+            entry = {"module": r.label, "base_ms": r.latency_ms_mean, "base_j": r.energy_j_mean, "columns": {}}
+            for name, table in others:
+                o = table.get(module)
+                entry["columns"][name] = None if o is None else {
+                    "ms": o.latency_ms_mean, "j": o.energy_j_mean,
+                    "delta_ms": o.latency_ms_mean - r.latency_ms_mean, "delta_j": o.energy_j_mean - r.energy_j_mean}
+            rows.append(entry)
+        return rows
+
+
+def compare_models(model_paths: list[str | Path], targets: list, options: ProfileOptions,
+                   progress: Callable[[str], None] | None = None) -> Comparison:
+    """Measure every model on every usable target; on each target the models' windows are interleaved.
+    Targets not usable here (provider, host, or meter) are skipped with their reason."""
+    names = [str(p) for p in model_paths]
+    if len(set(Path(n).resolve() for n in names)) != len(names):
+        raise ToolchainError("the same model is given twice")
+    for name in names:
+        check_mapped(name)
+    tables: dict[tuple[str, str], CostTable] = {}
+    skipped: dict[str, str] = {}
+    for target in targets:
+        try:
+            check_usable(target)
+            meter = target_meter(target, options)
+        except ToolchainError as exc:
+            skipped[target.name] = str(exc)
+            continue
+        try:
+            feeds_of, sessions, sources = {}, {}, {}
+            for path in names:
+                feeds_of[path], sources[path] = make_feeds(path, options)
+                sessions[path] = session_for(path, target, options.threads)
+            candidates = {path: (lambda s=sessions[path], f=feeds_of[path]: s.run(None, f)) for path in names}
+            results = measure(candidates, meter, repeats=options.repeats, window_s=options.window_s,
+                              warmup=options.warmup, batch=options.batch, progress=progress,
+                              idle_s=target.idle_seconds if options.idle_s is None else options.idle_s)
+        finally:
+            meter.close()
+        sessions.clear()
+        for path in names:
+            if progress:
+                progress(f"{Path(path).name} @ {target.name}: per-node kernel times")
+            with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
+                tables[(path, target.name)] = build_table(path, target, results[path], feeds_of[path],
+                                                          sources[path], options, work)
+    if not tables:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise ToolchainError(f"no target is usable here ({reasons})")
+    return Comparison(tables, skipped)

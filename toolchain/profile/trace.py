@@ -1,0 +1,116 @@
+"""ONNX Runtime profiler traces -> per-node kernel times.
+
+The profiler slows some models noticeably, so energy windows never run with it on: this is a separate
+run whose only job is the per-node split of time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.core.errors import ToolchainError, one_line
+from toolchain.runtime.session import create_session
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """Kernel time of one (optimized) node over all profiled runs: ``total_us`` microseconds in ``calls``
+    kernel launches; ``op_type`` and ``provider`` as the profiler reports them (``args.op_name``)."""
+
+    name: str
+    op_type: str
+    provider: str
+    total_us: float
+    calls: int
+    per_run_us: tuple[float, ...] = ()  # kernel time in each profiled run (for the run-to-run spread)
+
+
+@dataclass
+class NodeProfile:
+    """Per-node times from one profiled session, plus the optimized graph ORT wrote (to resolve names)."""
+
+    nodes: list[NodeTime]
+    runs: int
+    optimized_model: Path
+    # wall time (perf_counter around ``run``) of each profiled run and, with ``reference``, of the unprofiled
+    # session's runs alternated with them
+    profiled_wall_us: tuple[float, ...] = ()
+    plain_wall_us: tuple[float, ...] = ()
+
+    @property
+    def total_us(self) -> float:
+        return sum(n.total_us for n in self.nodes)
+
+
+def parse_trace(path: str | os.PathLike, skip_runs: int = 0) -> list[NodeTime]:
+    """Sum the ``*_kernel_time`` events (``cat == "Node"``) of an ORT profile, per node name.
+
+    ``skip_runs`` drops the events of the first runs (warm-up), located by the ``model_run`` events."""
+    try:
+        events = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ToolchainError(f"{path}: not a readable ONNX Runtime profile ({one_line(exc)})") from None
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                  if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    cutoff = runs[skip_runs - 1][1] if 0 < skip_runs <= len(runs) else -1
+    kept = [r for r in runs if r[1] > cutoff]
+    starts = [r[0] for r in kept]
+    totals: dict[str, list] = {}
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or ev["ts"] <= cutoff:
+            continue
+        args = ev.get("args", {})
+        name = ev["name"][: -len("_kernel_time")]
+        entry = totals.setdefault(name, [args.get("op_name", ""), args.get("provider", ""), 0.0, 0,
+                                         [0.0] * max(len(kept), 1)])
+        dur = float(ev.get("dur", 0))
+        entry[2] += dur
+        entry[3] += 1
+        entry[4][max(bisect.bisect_right(starts, ev["ts"]) - 1, 0)] += dur
+    return [NodeTime(n, op, prov, us, calls, tuple(per_run))
+            for n, (op, prov, us, calls, per_run) in totals.items()]
+
+
+def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *, providers: list[str] | None = None,
+                  runs: int = 10, warmup: int = 2, threads: int | None = None,
+                  workdir: str | os.PathLike | None = None, provider_options: list[dict] | None = None,
+                  reference: bool = False) -> NodeProfile:
+    """Run ``model_path`` ``warmup + runs`` times under ORT's profiler and return the per-node kernel
+    times of the last ``runs`` runs. With ``reference``, a second, unprofiled session runs alternately with
+    the profiled one (thread-pool spinning off in both): its latency is the end-to-end reference the
+    per-layer times are checked against, time-matched, and the ratio of the two is the profiler's overhead.
+
+    The optimized graph is saved to ``workdir`` (a temporary directory if None) so that profiled names
+    can be resolved to modules (:meth:`toolchain.nodemap.NodeModuleMap.resolve`)."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="toolchain-prof-"))
+    work.mkdir(parents=True, exist_ok=True)
+    optimized = work / "optimized.onnx"
+    # With a reference session, both sessions alternate run by run; thread-pool spinning is off in both, or
+    # the idle one's spinning workers would slow the other on a machine with few cores.
+    config = {"session.intra_op.allow_spinning": "0"} if reference else None
+    session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
+                             optimized_model_path=str(optimized), provider_options=provider_options,
+                             session_config=config)
+    plain = (create_session(model_path, providers, threads=threads, provider_options=provider_options,
+                            session_config=config) if reference else None)
+    profiled_wall, plain_wall = [], []
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        if i >= warmup:
+            profiled_wall.append((time.perf_counter() - t) * 1e6)
+        if plain is not None:
+            t = time.perf_counter()
+            plain.run(None, feeds)
+            if i >= warmup:
+                plain_wall.append((time.perf_counter() - t) * 1e6)
+    trace = session.end_profiling()
+    return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, tuple(profiled_wall), tuple(plain_wall))
