@@ -46,7 +46,7 @@ def main() -> None:
     from toolchain.data.dataset import DataOptions
     from toolchain.model.data import load_dataset_for
     from toolchain.model.load import load_model
-    from toolchain.prune.engine import PruneConfig, prune_model
+    from toolchain.prune import PruneConfig, prune_model
     from toolchain.training import evaluate, train
 
     rows = []

@@ -58,7 +58,7 @@ def quantize(path: str, out: Path) -> str:
     """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), 4 random samples."""
     from toolchain.data.dataset import DataOptions
     from toolchain.data.load import load_dataset
-    from toolchain.quantize.engine import quantize_model
+    from toolchain.quantize import quantize_model
     from toolchain.targets.presets import QuantConfig
 
     data = load_dataset("random", path, DataOptions(samples=4, seq_len=64))

@@ -127,7 +127,7 @@ def _random_like(vi):
 
 
 def energy_cv(path: Path, feeds, meter_name: str, trials: int, repeats: int, window_s: float) -> dict:
-    from toolchain.core.stats import Stat
+    from toolchain.core.stats import Summary
     from toolchain.energy import open_meter
     from toolchain.profile.measure import measure
     from toolchain.runtime.session import create_session
@@ -144,8 +144,8 @@ def energy_cv(path: Path, feeds, meter_name: str, trials: int, repeats: int, win
             meter.close()
         del session
         kinds.add(m.kind)
-        per_trial.append({"joules": m.joules.mean, "within_cv_pct": m.joules.cv_pct, "latency_ms": m.latency.median_ms})
-    across = Stat.of([t["joules"] for t in per_trial])
+        per_trial.append({"joules": m.joules.mean, "within_cv_pct": m.joules.cv_pct, "latency_ms": m.latency.median})
+    across = Summary.of([t["joules"] for t in per_trial])
     return {"meter": meter_name, "kind": "/".join(sorted(kinds)), "trials": per_trial, "repeats": repeats,
             "window_s": window_s, "joules_mean": across.mean, "run_to_run_cv_pct": across.cv_pct,
             "within_run_cv_pct_median": statistics.median(t["within_cv_pct"] for t in per_trial)}

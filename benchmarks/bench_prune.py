@@ -70,7 +70,7 @@ def run_model(name: str, args, work: Path) -> dict:
     from toolchain.model.data import load_dataset_for
     from toolchain.model.load import load_model
     from toolchain.profile.run import ProfileOptions, compare_models, profile_model
-    from toolchain.prune.engine import PruneConfig, costs_for, prune_model
+    from toolchain.prune import PruneConfig, costs_for, prune_model
     from toolchain.targets.target import load_target
 
     target = load_target(args.target)

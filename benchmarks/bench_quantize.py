@@ -58,7 +58,7 @@ def main() -> None:
     from toolchain.data.load import load_dataset
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.model.load import load_model
-    from toolchain.quantize.engine import compare_models, quantize_model
+    from toolchain.quantize import compare_models, quantize_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,9 +80,9 @@ def main() -> None:
             for label in paths:
                 rows.append({
                     "model": name, "config": label, "data": spec, "eval_samples": len(evaluation),
-                    "latency_ms": {b: latency[label][b].median_ms for b in (1, 8)},
+                    "latency_ms": {b: latency[label][b].median for b in (1, 8)},
                     "spread_pct": {b: latency[label][b].spread_pct for b in (1, 8)},
-                    "speedup": {b: latency["FP32"][b].median_ms / latency[label][b].median_ms for b in (1, 8)},
+                    "speedup": {b: latency["FP32"][b].median / latency[label][b].median for b in (1, 8)},
                     "size_ratio": info.get(label, {}).get("size_ratio", 1.0),
                     "quantize_s": info.get(label, {}).get("quantize_s", 0.0),
                     "fidelity": asdict(fids[label]),

@@ -36,7 +36,7 @@ def _quantize(path, loaded, out):
     """QDQ U8S8 per-channel on every op ORT can quantize (no transformer fusions), on random inputs."""
     from toolchain.data.dataset import DataOptions
     from toolchain.data.load import load_dataset
-    from toolchain.quantize.engine import quantize_model
+    from toolchain.quantize import quantize_model
     from toolchain.targets.presets import QuantConfig
 
     data = load_dataset("random", path, DataOptions(samples=3, seq_len=16))

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.core.stats import Stat
+from toolchain.core.stats import Summary
 from toolchain.energy import EnergyReading, WindowTooShortError
 from toolchain.formats.costs import SCHEMA_VERSION, CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import graph_stats
@@ -52,7 +52,7 @@ class CountingMeter:
 
 
 def test_stat_uses_student_t():
-    s = Stat.of([1.0, 2.0, 3.0])
+    s = Summary.of([1.0, 2.0, 3.0])
     assert s.mean == 2.0 and s.std == 1.0 and s.n == 3
     assert s.ci95 == pytest.approx((2 - 4.303 / 3 ** 0.5, 2 + 4.303 / 3 ** 0.5))
     assert s.cv_pct == pytest.approx(50.0)
@@ -124,7 +124,7 @@ def test_carbon_arithmetic():
 def fp32_and_int8(tiny_resnet, tmp_path_factory):
     from toolchain.data.dataset import DataOptions
     from toolchain.data.load import load_dataset
-    from toolchain.quantize.engine import quantize_model
+    from toolchain.quantize import quantize_model
     from toolchain.targets.presets import QuantConfig
 
     loaded, result = tiny_resnet

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.model.pruned import load_pruned
-from toolchain.prune.engine import PruneConfig
+from toolchain.model.load import load_model
+from toolchain.prune import PruneConfig
 
 FAST = ["--samples", "400", "--epochs", "1", "--max-steps", "3", "--step", "0.25"]
 
@@ -76,7 +76,7 @@ def test_energy_aware_pruning_cuts_costly_layers_within_budget(mnist_costs, tmp_
     # the saved model: tensors only, and it rebuilds the pruned shapes
     state = torch.load(out / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    loaded = load_pruned(out)
+    loaded = load_model(str(out))
     assert sum(p.numel() for p in loaded.module.parameters()) == res["params_after"]
     # and it exports and runs in ONNX Runtime
     onnx_path = tmp_path / "pruned.onnx"
@@ -127,7 +127,7 @@ def test_transformer_heads_and_mlp_width_are_cut_coherently(tmp_path):
     assert heads and all(after == before // 2 for before, after in heads.values())
     mlp = {k: v for k, v in channels.items() if k.endswith("intermediate.dense")}
     assert mlp and all(after < before for before, after in mlp.values())
-    loaded = load_pruned(out)
+    loaded = load_model(str(out))
     block = next(m for m in loaded.module.modules() if hasattr(m, "num_attention_heads") and hasattr(m, "query"))
     assert block.all_head_size == block.query.out_features == block.num_attention_heads * block.attention_head_size
     onnx_path = tmp_path / "bert.onnx"
@@ -153,7 +153,7 @@ def test_predicted_costs_follow_each_modules_work():
     from torch import nn
 
     from toolchain.model.spec import InputSpec, LoadedModel
-    from toolchain.prune.engine import apply_pruning, module_work, predict_costs
+    from toolchain.prune import apply_pruning, module_work, predict_costs
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 8, 3, padding=1),

@@ -71,7 +71,7 @@ def prune(ctx, model, ratio, target_energy_reduction, target_latency_reduction, 
           --target-energy-reduction 0.4 --eval builtin:mnist --max-accuracy-drop 1 -o mnist.pruned
       toolchain prune mnist-cnn --importance l2 --ratio 0.3 --eval builtin:mnist -o mnist.l2
     """
-    from toolchain.prune.engine import run_prune_command
+    from toolchain.prune import run_prune_command
 
     report = None
     with json_safe_stdout(as_json), status("pruning", quiet=is_quiet(ctx, as_json)) as progress:

@@ -111,7 +111,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
-    from toolchain.quantize.engine import run_quantize_command
+    from toolchain.quantize import run_quantize_command
     from toolchain.targets.presets import PRESETS
 
     if preset_name and preset_name not in PRESETS:  # a target: its preset, and where it runs

@@ -180,7 +180,7 @@ def load_model(source: str, *, task: str = "auto", weights: str | None = None,
     elif path.is_dir() and (path / "pruned.json").is_file():  # `toolchain prune` output: tensors + shapes
         from toolchain.model.pruned import load_pruned
 
-        loaded = load_pruned(path)
+        loaded = load_pruned(path, load_model)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ToolchainError(f"{source}: a directory without config.json is not a transformers model")

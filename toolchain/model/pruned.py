@@ -1,20 +1,23 @@
-"""TODO docstring."""
+"""Loading a directory written by ``toolchain prune`` (format: :mod:`toolchain.formats.pruned`) back into a
+:class:`~toolchain.model.spec.LoadedModel`: the original source, re-shaped, with the pruned tensors."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from toolchain.core.errors import ToolchainError
 from toolchain.formats.pruned import FORMAT, FORMAT_VERSION, PRUNED_FILE, WEIGHTS_FILE
+from toolchain.model.spec import LoadedModel
 
 
-def load_pruned(path: str | Path):
+def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> LoadedModel:
     """Rebuild a pruned model: load its original source, re-shape the pruned modules, load the tensors
-    (``weights_only=True``: nothing is unpickled but tensors)."""
+    (``weights_only=True``: nothing is unpickled but tensors). ``load_source`` is the loader of the
+    original model (:func:`toolchain.model.load.load_model`, passed in so the two modules do not import
+    each other)."""
     import torch
-
-    from toolchain.model.load import load_model
 
     p = Path(path)
     try:
@@ -23,7 +26,7 @@ def load_pruned(path: str | Path):
         raise ToolchainError(f"{p / PRUNED_FILE}: unreadable ({exc})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ToolchainError(f"{p}: not a toolchain pruned model of format version {FORMAT_VERSION}")
-    loaded = load_model(meta["source"], weights=meta.get("weights"), input_shapes=meta.get("input_shapes"))
+    loaded = load_source(meta["source"], weights=meta.get("weights"), input_shapes=meta.get("input_shapes"))
     if loaded.source_hash != meta["source_hash"]:
         raise ToolchainError(f"{p}: its original model {meta['source']!r} has changed since it was pruned "
                              "(source hash differs)", hint="prune the current model again")

@@ -40,6 +40,7 @@ from typing import Any
 
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import remove_stale, sha256_file, write_json
+from toolchain.model.load import load_model
 
 STAGES = ("baseline", "prune", "search", "distill", "export", "quantize", "profile", "compare", "report")
 MANIFEST = "manifest.json"
@@ -244,7 +245,7 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
     import copy
 
     from toolchain.formats.costs import CostTable
-    from toolchain.prune.engine import PruneConfig, costs_for, prune_model, save_pruned
+    from toolchain.prune import PruneConfig, costs_for, prune_model, save_pruned
 
     r = run.recipe
     loaded = _loaded(run)
@@ -346,7 +347,7 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
 
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.profile.run import compare_models
-    from toolchain.quantize.engine import model_type
+    from toolchain.quantize import model_type
     from toolchain.targets.presets import preset
 
     r = run.recipe
@@ -461,7 +462,7 @@ def _quant_config(run: Run, label: str):
 
 
 def _quantize(run: Run, src: Path, dest: Path, config) -> dict[str, Any]:
-    from toolchain.quantize.engine import quantize_model
+    from toolchain.quantize import quantize_model
 
     train, _ = _datasets(run)
     result = quantize_model(src, dest, config, calibration=train.take(0, run.recipe.calib_samples), force=True,
@@ -496,9 +497,8 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     import copy
 
     from toolchain.export.exporter import ExportOptions, export_model
-    from toolchain.model.pruned import load_pruned
     from toolchain.profile.run import compare_models
-    from toolchain.prune.engine import (
+    from toolchain.prune import (
         PruneConfig,
         PruneResult,
         apply_pruning,
@@ -515,7 +515,7 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
     _, held = _datasets(run)
     base = run.dir("baseline") / "model.onnx"
     run.progress("compare: pruning only (the most pruned step within the budget, fine-tuned, FP32)")
-    export_model(load_pruned(run.dir("prune") / "within-budget"), out / "pruning-only.onnx", ExportOptions(parity=False))
+    export_model(load_model(str(run.dir("prune") / "within-budget")), out / "pruning-only.onnx", ExportOptions(parity=False))
     run.progress("compare: INT8 only")
     int8_label = run.stage("search")["metrics"]["int8"]
     _quantize(run, base, out / "int8-only.onnx", _quant_config(run, int8_label))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from toolchain.core.errors import ToolchainError
-from toolchain.core.stats import LatencyStats, Stat
+from toolchain.core.stats import Summary
 from toolchain.energy import EnergyReading, Meter, WindowTooShortError
 
 
@@ -41,7 +41,7 @@ class Measurement:
     idle_watts: float
     idle_seconds: float
     windows: list[Window]
-    latency: LatencyStats
+    latency: Summary
     batch: int = 1
     notes: list[str] = field(default_factory=list)
 
@@ -50,22 +50,22 @@ class Measurement:
         return "measured" if self.measured else "estimated"
 
     @property
-    def joules(self) -> Stat:
+    def joules(self) -> Summary:
         """Net (active) joules per inference: the idle baseline's power is subtracted."""
-        return Stat.of([w.net_j / w.inferences for w in self.windows])
+        return Summary.of([w.net_j / w.inferences for w in self.windows])
 
     @property
-    def gross_joules(self) -> Stat:
-        return Stat.of([w.gross_j / w.inferences for w in self.windows])
+    def gross_joules(self) -> Summary:
+        return Summary.of([w.gross_j / w.inferences for w in self.windows])
 
     @property
-    def watts(self) -> Stat:
+    def watts(self) -> Summary:
         """Gross watts during the windows."""
-        return Stat.of([w.gross_j / w.seconds for w in self.windows])
+        return Summary.of([w.gross_j / w.seconds for w in self.windows])
 
     @property
-    def net_watts(self) -> Stat:
-        return Stat.of([w.net_j / w.seconds for w in self.windows])
+    def net_watts(self) -> Summary:
+        return Summary.of([w.net_j / w.seconds for w in self.windows])
 
     def to_dict(self) -> dict:
         return {
@@ -73,7 +73,7 @@ class Measurement:
             "meter": {"name": self.meter, "kind": self.kind, "source": self.source},
             "idle_baseline": {"watts": self.idle_watts, "seconds": self.idle_seconds},
             "repeats": len(self.windows), "inferences_per_window": [w.inferences for w in self.windows],
-            "latency_ms": self.latency.to_dict(),
+            "latency_ms": self.latency.to_latency_dict(),
             "joules_per_inference": {"net": self.joules.to_dict(), "gross": self.gross_joules.to_dict(),
                                      "kind": self.kind},
             "watts": {"gross": self.watts.to_dict(), "net": self.net_watts.to_dict(), "kind": self.kind},
@@ -154,5 +154,5 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
             net = max(reading.total_j - idle_w * reading.seconds, 0.0)
             windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules)))
     return {name: Measurement(name, meter.name, meter.measured, meter.source, idle_w, idle_s, windows[name],
-                              LatencyStats.from_seconds(latencies[name]), batch, notes[name])
+                              Summary.of_seconds(latencies[name]), batch, notes[name])
             for name in candidates}

@@ -147,7 +147,7 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
     profile = {"runs": prof.runs, **summary, "layers_sum_ms": layers_ms, "end_to_end_ms": e2e,
                "statistic": "median over runs",
                "end_to_end_source": "an unprofiled session alternated run by run with the profiled one (spinning off in both)",
-               "gap_pct": 100 * (layers_ms - e2e) / e2e, "windows_latency_ms": measurement.latency.median_ms,
+               "gap_pct": 100 * (layers_ms - e2e) / e2e, "windows_latency_ms": measurement.latency.median,
                "profiled_run_ms": profiled_ms, "profiler_overhead_pct": 100 * (profiled_ms - e2e) / e2e}
     m = measurement.to_dict()
     m.pop("windows")

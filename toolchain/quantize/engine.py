@@ -538,7 +538,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
                                        threads=threads)
         candidates = []
         for label, path in paths.items():
-            speedup = {b: latency["FP32"][b].median_ms / latency[label][b].median_ms for b in batches}
+            speedup = {b: latency["FP32"][b].median / latency[label][b].median for b in batches}
             ok, reason = _within_budget(fids[label], max_accuracy_drop, min_cosine)
             candidates.append(Candidate(label=label, config=results[label].config if label in results else None,
                                         latency={b: latency[label][b].to_dict() for b in batches}, speedup=speedup,
@@ -678,7 +678,7 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             latency, fids = compare_models({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
                                            batches=batches, providers=providers, runs=runs)
             ok, reason = _within_budget(fids["INT8"], max_accuracy_drop, min_cosine)
-            speedup = {b: latency["FP32"][b].median_ms / latency["INT8"][b].median_ms for b in batches}
+            speedup = {b: latency["FP32"][b].median / latency["INT8"][b].median for b in batches}
             steps.append(GuardStep(list(excluded), fids["INT8"], speedup, ok, reason,
                                    {b: latency["INT8"][b].to_dict() for b in batches},
                                    {b: latency["FP32"][b].to_dict() for b in batches}, fids["FP32"]))
@@ -790,7 +790,7 @@ def run_quantize_command(*, model: str, output: str, calib: str | None, eval_: s
                                    providers=providers, runs=runs)
     rows = []
     for label, size in (("FP32", result.size_fp32_bytes), (config.label, result.size_int8_bytes)):
-        speedup = {b: latency["FP32"][b].median_ms / latency[label][b].median_ms for b in batches}
+        speedup = {b: latency["FP32"][b].median / latency[label][b].median for b in batches}
         ok, reason = _within_budget(fids[label], budget, min_cosine)
         rows.append(_row(label, None, {b: latency[label][b].to_dict() for b in batches}, speedup, fids[label], size,
                          ok, reason))

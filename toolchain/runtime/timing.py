@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from toolchain.core.stats import LatencyStats
+from toolchain.core.stats import Summary
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3, runs: int = 20,
-                min_seconds: float = 0.0) -> dict[str, LatencyStats]:
+                min_seconds: float = 0.0) -> dict[str, Summary]:
     """Time each callable ``runs`` times, round-robin (A B C A B C ...), after ``warmup`` untimed rounds.
     Keeps going past ``runs`` until ``min_seconds`` of timed work has accumulated."""
     for _ in range(warmup):
@@ -26,4 +26,4 @@ def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3,
             samples[name].append(dt)
             spent += dt
         rounds += 1
-    return {name: LatencyStats.from_seconds(s) for name, s in samples.items()}
+    return {name: Summary.of_seconds(s) for name, s in samples.items()}
