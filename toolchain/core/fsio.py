@@ -1,4 +1,12 @@
-"""File helpers: hashing, refusing to clobber, and atomic writes of ONNX models (with external data)."""
+"""File helpers: hashing, refusing to clobber, and atomic writes.
+
+Every write the tool makes goes through ONE primitive, :func:`publish`: the content is written to a
+scratch path in the destination's own directory (same filesystem), flushed to disk (``fsync``), then
+renamed onto the destination. A reader sees the old content or the new, never half of it, and a kill
+leaves only a scratch name (``.NAME.tmp-PID``) that the next run removes (:func:`remove_stale`).
+:func:`atomic_write` (one file), :func:`commit_files` (an ONNX model and its external data),
+:func:`write_files` (several files into a directory) and the pipeline's stage directories are built on it.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +65,50 @@ def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | 
     return out
 
 
+def _fsync_tree(path: Path) -> None:
+    """Flush ``path`` (a file, or every file under a directory) and its directory entries to disk."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        dirs = [path, *[d for d in path.rglob("*") if d.is_dir()]]
+    else:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        dirs = []
+    for d in dirs:
+        _fsync_dir(d)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported here (some filesystems): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(scratch: Path, final: Path) -> None:
+    """Make the complete ``scratch`` (a file or a directory written in ``final``'s directory) appear at
+    ``final`` atomically: fsync its content, then rename it over ``final``. An existing directory at
+    ``final`` is renamed aside first and removed once the new one is in place."""
+    _fsync_tree(scratch)
+    if scratch.is_dir() and final.is_dir():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(scratch, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(scratch, final)
+    _fsync_dir(final.parent)
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
@@ -97,14 +149,12 @@ def remove_stale(directory: Path, pattern: str) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    """Write through ``write(file)`` to a scratch file beside ``path``, then :func:`publish` it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -115,13 +165,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def commit_files(scratch: Path, final: Path) -> list[Path]:
-    """Move every file from ``scratch`` next to ``final`` with ``os.replace`` (atomic on one filesystem),
+    """Move every file from ``scratch`` next to ``final`` with :func:`publish`,
     the file named like ``final`` last, so a reader never sees a model whose external data is missing."""
     moved = []
     files = sorted(scratch.iterdir(), key=lambda p: p.name == final.name)
     for f in files:
         dest = final if f.name == final.name else final.parent / f.name
-        os.replace(f, dest)
+        publish(f, dest)
         moved.append(dest)
     return moved
 
@@ -171,7 +221,7 @@ def write_files(files: dict[str, bytes | str], out_dir: str | Path, force: bool,
         final.mkdir(exist_ok=True)
         written = []
         for name in files:
-            os.replace(scratch / name, final / name)
+            publish(scratch / name, final / name)
             written.append(final / name)
     return written
 
