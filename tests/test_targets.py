@@ -257,3 +257,18 @@ def test_quantize_takes_a_target_and_refuses_an_unusable_one_before_writing(tiny
                                   "-o", str(out), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["preset"] == "x86" and out.is_file()
+
+
+def test_one_cpuinfo_parser(tmp_path):
+    """doctor, target requirements and the estimate meter read the same fields of /proc/cpuinfo."""
+    from toolchain.core.host import cpu_info, host_cpu_flags
+    from toolchain.energy.estimate import cpu_model
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512_vnni\n\n"
+                 "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512_vnni\n")
+    assert host_cpu_flags(f) == {"fpu", "avx2", "avx512_vnni"}
+    info = cpu_info(f)
+    assert info.model == cpu_model(f) == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info.features["AVX512-VNNI"] and not info.features["AVX-VNNI"]
+    assert host_cpu_flags(tmp_path / "missing") is None and cpu_model(tmp_path / "missing") == "unknown"

@@ -1,19 +1,47 @@
-"""TODO docstring."""
+"""This machine: one ``/proc/cpuinfo`` parser, the architecture and installed versions.
+
+Everything that asks about the CPU (``doctor``, target requirements, the estimate meter's TDP lookup, the
+default target and the default quantization preset) reads it through :func:`read_cpuinfo`.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+CPUINFO = Path("/proc/cpuinfo")
 PACKAGES = ("toolchain", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "transformers",
             "torch-pruning", "numpy", "click", "rich", "nvidia-ml-py")
-
-
+# the onnxruntime builds that install the `onnxruntime` module, in the order a version is looked for
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
 CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
              "amx_tile": "AMX", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16", "asimddp": "ARM dot product",
              "i8mm": "ARM I8MM"}
+# platform.machine() spellings -> the Linux names the TOML files use
+ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
+                "armv8": "aarch64"}
+
+
+def read_cpuinfo(cpuinfo: Path = CPUINFO) -> dict[str, str] | None:
+    """The fields of ``cpuinfo`` (keys lower-cased, the first occurrence of each: the first core), or None
+    when it cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for key, value in re.findall(r"^([^:\n]+?)\s*:[ \t]*(.*)$", text, flags=re.M):
+        fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def flags_of(fields: dict[str, str]) -> set[str]:
+    """The feature flags of parsed cpuinfo fields (x86 ``flags``, ARM ``Features``), lower case."""
+    return set((fields.get("flags") or fields.get("features") or "").lower().split())
 
 
 @dataclass
@@ -24,6 +52,29 @@ class CpuInfo:
     cores: int
     machine: str
     features: dict[str, bool]
+
+
+def cpu_info(cpuinfo: Path = CPUINFO) -> CpuInfo:
+    """This CPU as ``toolchain doctor`` reports it (x86 ``flags`` or ARM ``Features``)."""
+    fields = read_cpuinfo(cpuinfo) or {}
+    model = next((fields[k] for k in ("model name", "hardware", "cpu model") if fields.get(k)), "")
+    model = model or platform.processor() or platform.machine()
+    flags = flags_of(fields)
+    return CpuInfo(model=model, cores=os.cpu_count() or 1, machine=platform.machine(),
+                   features={label: flag in flags for flag, label in CPU_FLAGS.items()})
+
+
+def host_arch() -> str:
+    """This machine's architecture with Linux spelling: ``x86_64`` or ``aarch64`` (or as reported)."""
+    machine = platform.machine()
+    return ARCH_ALIASES.get(machine.lower(), machine)
+
+
+def host_cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The CPU's feature flags as spelled in ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``);
+    None when they cannot be read (not Linux)."""
+    fields = read_cpuinfo(cpuinfo)
+    return None if fields is None else flags_of(fields)
 
 
 def versions() -> dict[str, str | None]:
@@ -37,43 +88,17 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
-    """Parse ``/proc/cpuinfo`` (x86 ``flags`` or ARM ``Features``)."""
-    import os
-
-    model, flags = platform.processor() or platform.machine(), set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    return CpuInfo(model=model, cores=os.cpu_count() or 1, machine=platform.machine(),
-                   features={label: flag in flags for flag, label in CPU_FLAGS.items()})
+def provenance_versions() -> dict[str, str | None]:
+    """The versions a measurement records (toolchain, onnxruntime of whichever build is installed, onnx,
+    python, machine), from :func:`versions`."""
+    v = versions()
+    ort = next((found for name in ORT_DISTRIBUTIONS if (found := v.get(name) or _version(name))), None)
+    return {"toolchain": v["toolchain"], "onnxruntime": ort, "onnx": v["onnx"], "python": v["python"],
+            "machine": platform.machine()}
 
 
-# platform.machine() spellings -> the Linux names the TOML files use
-ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
-                "armv8": "aarch64"}
-
-
-def host_arch() -> str:
-    """This machine's architecture with Linux spelling: ``x86_64`` or ``aarch64`` (or as reported)."""
-    machine = platform.machine()
-    return ARCH_ALIASES.get(machine.lower(), machine)
-
-
-def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The CPU's feature flags as spelled in ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``);
-    None when they cannot be read (not Linux)."""
+def _version(name: str) -> str | None:
     try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
         return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return set(value.lower().split())
-    return None

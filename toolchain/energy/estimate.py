@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
+from toolchain.core.host import CPUINFO, read_cpuinfo
 from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
 
-CPUINFO = Path("/proc/cpuinfo")
 MIN_WINDOW_S = 0.01
 
 
@@ -86,14 +86,12 @@ ARM_PARTS = {"0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     """The ``model name`` in ``cpuinfo``, or the Arm core name from ``CPU part``, or ``unknown``."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
+    fields = read_cpuinfo(cpuinfo)
+    if fields is None:
         return "unknown"
-    fields = dict(re.findall(r"^([^:\n]+?)\s*:\s*(.*)$", text, flags=re.M)[::-1])  # first occurrence wins
     if fields.get("model name"):
-        return fields["model name"].strip()
-    return ARM_PARTS.get(fields.get("CPU part", "").lower(), "unknown")
+        return fields["model name"]
+    return ARM_PARTS.get(fields.get("cpu part", "").lower(), "unknown")
 
 
 def lookup(model: str) -> Tdp:

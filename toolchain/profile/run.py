@@ -6,7 +6,6 @@ Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call the
 
 from __future__ import annotations
 
-import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from toolchain.core.errors import MeterUnavailableError, ToolchainError
+from toolchain.core.host import provenance_versions
 from toolchain.energy import Meter, MeterOptions, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import attribute
@@ -97,16 +97,6 @@ def session_for(model_path: str | Path, target, threads: int | None):
                           provider_options=target.provider_options())
 
 
-def versions() -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-
-    from toolchain import __version__
-
-    return {"toolchain": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "python": platform.python_version(), "machine": platform.machine()}
-
-
 def model_info(model_path: str | Path, feeds: dict[str, np.ndarray], data_source: str) -> dict[str, Any]:
     from toolchain.core.fsio import sha256_file
     from toolchain.core.onnxfile import read_provenance
@@ -158,7 +148,7 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
     meter = {"name": measurement.meter, "kind": measurement.kind, "source": measurement.source,
              "idle_watts": measurement.idle_watts}
     return CostTable(model=model_info(model_path, feeds, data_source), target=target_info(target), meter=meter,
-                     measurement=m, profile=profile, rows=rows, versions=versions())
+                     measurement=m, profile=profile, rows=rows, versions=provenance_versions())
 
 
 def profile_model(model_path: str | Path, target, options: ProfileOptions,
@@ -276,3 +266,6 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise ToolchainError(f"no target is usable here ({reasons})")
     return Comparison(tables, skipped)
+
+
+versions = provenance_versions  # the pipeline's name for it (toolchain.core.host has the one implementation)
