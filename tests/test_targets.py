@@ -259,6 +259,28 @@ def test_quantize_takes_a_target_and_refuses_an_unusable_one_before_writing(tiny
     assert json.loads(r.output)["preset"] == "x86" and out.is_file()
 
 
+@pytest.mark.parametrize("arch, flags, kind", [
+    ("x86_64", {"avx2", "avx512_vnni"}, "x86-vnni"),
+    ("x86_64", {"avx2", "avx_vnni"}, "x86"),  # AVX-VNNI without AVX512-VNNI: both rules used to disagree here
+    ("x86_64", {"avx2"}, "x86"),
+    ("aarch64", {"asimddp"}, "arm64"),
+])
+def test_one_host_rule_for_the_default_target_and_the_int8_preset(arch, flags, kind, monkeypatch):
+    """The default target and the default INT8 preset come from one rule, so they agree on every CPU,
+    and the default target is usable on the CPU it was picked for."""
+    import toolchain.core.host as host
+    from toolchain.targets.host import default_target_name
+    from toolchain.targets.presets import host_preset
+
+    monkeypatch.setattr(host, "host_arch", lambda: arch)
+    monkeypatch.setattr(host, "host_cpu_flags", lambda cpuinfo=None: set(flags))
+    assert host.host_kind() == kind
+    target = load_target(default_target_name())
+    assert target.quant_preset == host_preset() == host.HOST_KINDS[kind][1]
+    assert target.requires_arch in (None, arch)
+    assert set(target.requires_cpu_flags) <= flags
+
+
 def test_one_cpuinfo_parser(tmp_path):
     """doctor, target requirements and the estimate meter read the same fields of /proc/cpuinfo."""
     from toolchain.core.host import cpu_info, host_cpu_flags

@@ -1,4 +1,5 @@
-"""This machine: one ``/proc/cpuinfo`` parser, the architecture and installed versions.
+"""This machine: one ``/proc/cpuinfo`` parser, the architecture, installed versions, and the ONE rule that
+picks this host's kind of CPU (which built-in CPU target and INT8 preset fit it).
 
 Everything that asks about the CPU (``doctor``, target requirements, the estimate meter's TDP lookup, the
 default target and the default quantization preset) reads it through :func:`read_cpuinfo`.
@@ -75,6 +76,21 @@ def host_cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
     None when they cannot be read (not Linux)."""
     fields = read_cpuinfo(cpuinfo)
     return None if fields is None else flags_of(fields)
+
+
+# The one host rule. Kinds: "x86-vnni" (AVX512-VNNI: what the built-in x86-vnni target requires; a CPU
+# with only AVX-VNNI gets "x86", as the x86-vnni target would be unusable on it), "x86", "arm64".
+HOST_KINDS = {"x86-vnni": ("x86-vnni", "x86-vnni"), "x86": ("x86-cpu", "x86"), "arm64": ("arm64-cpu", "arm64")}
+
+
+def host_kind(arch: str | None = None, cpu_flags: set[str] | None = None) -> str:
+    """This host's kind of CPU: ``x86-vnni``, ``x86`` or ``arm64`` (``arch`` and ``cpu_flags`` stand in
+    for this machine in tests). :data:`HOST_KINDS` maps it to the default target and INT8 preset."""
+    arch = arch or host_arch()
+    if arch == "aarch64":
+        return "arm64"
+    flags = cpu_flags if cpu_flags is not None else (host_cpu_flags() or set())
+    return "x86-vnni" if "avx512_vnni" in flags else "x86"
 
 
 def versions() -> dict[str, str | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from toolchain.core.host import host_arch, host_cpu_flags
+from toolchain.core.host import HOST_KINDS, host_arch, host_cpu_flags, host_kind
 from toolchain.energy.__init__ import MeterStatus
 from toolchain.runtime.session import ProviderStatus
 from toolchain.targets.target import FIX_GPU_ON_ARM64, PROVIDER_FIXES, Target
@@ -87,10 +87,7 @@ def meter_statuses(target: Target) -> list[MeterStatus]:
 
 
 def default_target_name() -> str:
-    """The built-in CPU target matching this host: ``x86-vnni`` with AVX512-VNNI, ``x86-cpu`` on other
-    x86-64, ``arm64-cpu`` on aarch64 (the default of ``profile`` and ``compare``)."""
-    arch = host_arch()
-    if arch == "aarch64":
-        return "arm64-cpu"
-    flags = host_cpu_flags() or set()
-    return "x86-vnni" if "avx512_vnni" in flags else "x86-cpu"
+    """The built-in CPU target matching this host (the default of ``profile`` and ``compare``): ``x86-vnni``
+    with AVX512-VNNI, ``x86-cpu`` on other x86-64, ``arm64-cpu`` on aarch64. The same rule
+    (:func:`toolchain.core.host.host_kind`) picks the default INT8 preset, so the two always agree."""
+    return HOST_KINDS[host_kind()][0]

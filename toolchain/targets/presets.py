@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from toolchain.core.errors import ToolchainError
+from toolchain.core.host import HOST_KINDS, host_kind
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -87,13 +88,9 @@ PRESETS: dict[str, QuantPreset] = {p.name: p for p in (
 
 
 def host_preset() -> str:
-    """The preset for this machine's CPU: ``x86-vnni``, ``x86`` or ``arm64``."""
-    from toolchain.core.host import cpu_info
-
-    cpu = cpu_info()
-    if cpu.machine in ("aarch64", "arm64"):
-        return "arm64"
-    return "x86-vnni" if cpu.features.get("AVX512-VNNI") or cpu.features.get("AVX-VNNI") else "x86"
+    """The preset for this machine's CPU (``x86-vnni``, ``x86`` or ``arm64``): the preset of the default
+    target, by the one host rule :func:`toolchain.core.host.host_kind`."""
+    return HOST_KINDS[host_kind()][1]
 
 
 def preset(name: str | None) -> QuantPreset:
