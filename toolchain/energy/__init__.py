@@ -5,6 +5,11 @@ fix it; what ``toolchain doctor`` reports) and ``open(...) -> Meter`` (raises
 :class:`~toolchain.errors.MeterUnavailableError` with the fix when it cannot be read). Hardware roots
 (sysfs paths, the NVML module) are parameters, so tests build fake trees instead of patching ``open``.
 
+A new meter is one file plus one entry in :data:`METERS`: a module with ``probe() -> MeterStatus``,
+``open(...) -> Meter`` (hardware roots as parameters) and ``from_options(options: MeterOptions) -> Meter``
+(what :func:`open_meter` calls). Everything that lists meters (target validation, ``doctor``, the
+``--meter`` choices) reads :data:`METERS`.
+
 A :class:`Meter` measures windows: ``token = meter.begin()``, run the workload, ``meter.end(token)`` ->
 :class:`EnergyReading`. Counter meters (RAPL, the NVML energy counter) read cumulative counters at both
 ends; sampling meters (NVML power, Jetson rails) sample power on a background thread between ``begin``
@@ -14,104 +19,27 @@ interval); a window too short for it raises :class:`WindowTooShortError`, it nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from types import ModuleType
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import MeterUnavailableError
+from toolchain.energy import estimate, jetson, nvml, rapl
+from toolchain.energy.base import EnergyReading, Meter, MeterOptions, MeterStatus, WindowTooShortError
 
-METERS = ("rapl", "nvml", "jetson", "estimate")
-
-
-@dataclass(frozen=True)
-class MeterStatus:
-    """``readable``: the meter can be read now. ``detail``: what was found (zones, devices). ``fix``: how
-    to make an unreadable meter readable (empty when readable). ``measured``: False for estimates."""
-
-    name: str
-    readable: bool
-    detail: str
-    fix: str = ""
-    measured: bool = True
-
-
-@dataclass(frozen=True)
-class EnergyReading:
-    """Energy over one window. ``joules``: per domain (``package-0``, ``dram-0``, ``gpu0``, ``VDD_IN`` ...);
-    ``total_j``: the meter's total for the window, without double counting (RAPL core/uncore are parts of
-    their package and are not added again); ``seconds``: wall time of the window; ``samples``: power
-    samples integrated (0 for counter meters)."""
-
-    joules: dict[str, float]
-    total_j: float
-    seconds: float
-    samples: int = 0
-
-    @property
-    def watts(self) -> float:
-        return self.total_j / self.seconds if self.seconds > 0 else 0.0
-
-
-class WindowTooShortError(ToolchainError):
-    """The meter's counter did not advance (or too few samples were taken) within the window."""
-
-
-@runtime_checkable
-class Meter(Protocol):
-    """``name``: ``rapl``, ``nvml``, ``jetson`` or ``estimate``. ``measured``: False only for estimates.
-    ``source``: one line saying exactly what is read (files, devices, or the estimate's model and its
-    constants), written next to every figure. ``min_window_s``: the shortest window the meter resolves."""
-
-    name: str
-    measured: bool
-    source: str
-    min_window_s: float
-
-    def begin(self) -> object:
-        """Start a window and return a token for :meth:`end`."""
-
-    def end(self, token: object) -> EnergyReading:
-        """Close the window started by ``token``; raises :class:`WindowTooShortError` if it was too short."""
-
-    def close(self) -> None:
-        """Release the meter (NVML shutdown, stop sampler threads)."""
-
-
-@dataclass
-class MeterOptions:
-    """What ``open_meter`` passes on: ``watts`` for the estimate meter (whole-device watts the user gives),
-    ``watts_per_core`` to override the TDP table, ``devices`` to restrict NVML to some GPU indices."""
-
-    watts: float | None = None
-    watts_per_core: float | None = None
-    devices: list[int] = field(default_factory=list)
+# name -> meter module, in order of preference where a target names several
+METERS: dict[str, ModuleType] = {"rapl": rapl, "nvml": nvml, "jetson": jetson, "estimate": estimate}
 
 
 def open_meter(name: str, options: MeterOptions | None = None) -> Meter:
     """Open the meter called ``name`` on this machine's real paths, or raise ``MeterUnavailableError``."""
-    from toolchain.core.errors import MeterUnavailableError
-
-    options = options or MeterOptions()
-    if name == "rapl":
-        from toolchain.energy import rapl
-
-        return rapl.open()
-    if name == "nvml":
-        from toolchain.energy import nvml
-
-        return nvml.open(devices=options.devices or None)
-    if name == "jetson":
-        from toolchain.energy import jetson
-
-        return jetson.open()
-    if name == "estimate":
-        from toolchain.energy import estimate
-
-        return estimate.open(watts=options.watts, watts_per_core=options.watts_per_core)
-    raise MeterUnavailableError(f"unknown power meter {name!r}", hint=f"choose one of {', '.join(METERS)}")
+    if name not in METERS:
+        raise MeterUnavailableError(f"unknown power meter {name!r}", hint=f"choose one of {', '.join(METERS)}")
+    return METERS[name].from_options(options or MeterOptions())
 
 
 def probe_all() -> list[MeterStatus]:
-    """Probe every meter on this machine's real paths."""
-    from toolchain.energy import estimate, jetson, nvml, rapl
+    """Probe every meter on this machine's real paths, in the order of :data:`METERS`."""
+    return [module.probe() for module in METERS.values()]
 
-    return [rapl.probe(), nvml.probe(), jetson.probe(), estimate.probe()]
+
+__all__ = ["METERS", "EnergyReading", "Meter", "MeterOptions", "MeterStatus", "WindowTooShortError", "open_meter",
+           "probe_all"]

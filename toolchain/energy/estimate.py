@@ -23,7 +23,7 @@ from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
 from toolchain.core.host import CPUINFO, read_cpuinfo
-from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
+from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
 
 MIN_WINDOW_S = 0.01
 
@@ -169,3 +169,8 @@ def probe(cpuinfo: Path = CPUINFO) -> MeterStatus:
     detail = (f"a model, not a measurement: process CPU time x {per_core:.3g} W/core ({why}), "
               "or wall time x whole-device watts you give")
     return MeterStatus("estimate", True, detail, measured=False)
+
+
+def from_options(options: MeterOptions) -> EstimateMeter:
+    """The registry's opener: ``options.watts`` (whole-device watts) or ``options.watts_per_core``."""
+    return open(watts=options.watts, watts_per_core=options.watts_per_core)

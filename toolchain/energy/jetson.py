@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
-from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
+from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
 from toolchain.energy.nvml import MIN_SAMPLES, PowerSampler
 
 I2C_DRIVERS = Path("/sys/bus/i2c/drivers")
@@ -139,3 +139,8 @@ def probe(root: Path = I2C_DRIVERS) -> MeterStatus:
                 return MeterStatus("jetson", False, f"{label} is not readable",
                                    f"grant read access: `sudo chmod a+r {hw}/*`")
     return MeterStatus("jetson", True, "rails: " + ", ".join(labels))
+
+
+def from_options(options: MeterOptions) -> JetsonMeter:
+    """The registry's opener: the Jetson rails take no options."""
+    return open()

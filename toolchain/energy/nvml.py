@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from toolchain.core.errors import MeterUnavailableError
-from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
+from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
 
 PIP_HINT = "pip install nvidia-ml-py (or toolchain[gpu]); not the deprecated `pynvml` package"
 DRIVER_HINT = "this needs an NVIDIA GPU with its driver loaded (`nvidia-smi` must work)"
@@ -210,3 +210,8 @@ def probe(pynvml: ModuleType | None = None) -> MeterStatus:
     if not gpus:
         return MeterStatus("nvml", False, "NVML sees no GPU", "check `nvidia-smi`")
     return MeterStatus("nvml", True, f"{len(gpus)} GPU(s): " + ", ".join(gpus))
+
+
+def from_options(options: MeterOptions) -> NvmlMeter:
+    """The registry's opener: ``options.devices`` restricts NVML to those GPU indices (all when empty)."""
+    return open(devices=options.devices or None)

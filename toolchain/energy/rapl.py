@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
-from toolchain.energy import EnergyReading, MeterStatus, WindowTooShortError
+from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 GRANT_READ = ("grant read access as root: `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj "
@@ -146,3 +146,8 @@ def probe(root: Path = POWERCAP_ROOT) -> MeterStatus:
         label = (zone / "name").read_text().strip() if (zone / "name").exists() else zone.name
         names.append(f"{zone.name}={label}")
     return MeterStatus("rapl", True, "zones: " + ", ".join(names))
+
+
+def from_options(options: MeterOptions) -> RaplMeter:
+    """The registry's opener (:func:`toolchain.energy.open_meter`): RAPL takes no options."""
+    return open()

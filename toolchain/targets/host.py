@@ -70,20 +70,9 @@ def usable(target: Target, *, statuses: list[ProviderStatus] | None = None, arch
 def meter_statuses(target: Target) -> list[MeterStatus]:
     """Each of the target's meters probed on this machine (readable or not, and the fix), in order.
     The profile command decides what to do when none is readable."""
-    import importlib
+    from toolchain.energy import METERS
 
-    from toolchain.energy import MeterStatus
-
-    out = []
-    for name in target.meters:
-        try:
-            probe = importlib.import_module(f"toolchain.energy.{name}").probe
-        except (ImportError, AttributeError) as exc:
-            out.append(MeterStatus(name, False, f"the {name} meter is not available in this toolchain ({exc})",
-                                   "update the toolchain", measured=name != "estimate"))
-            continue
-        out.append(probe())
-    return out
+    return [METERS[name].probe() for name in target.meters]  # names were checked against METERS on load
 
 
 def default_target_name() -> str:
