@@ -46,8 +46,11 @@ bench: install $(FASHION)
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_distill.py
 
+# ruff, and the import contracts of the layout (pyproject.toml [tool.importlinter]: layers, no torch on
+# the ONNX side, no cycles)
 lint: install
 	$(VENV)/bin/ruff check toolchain tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf out .pytest_cache benchmarks/results
