@@ -121,10 +121,10 @@ def test_cli_inspect_resolves_profiled_names(tiny_resnet):
     from click.testing import CliRunner
 
     from toolchain.cli import main
-    from toolchain.export.describe import _cpu_optimized_graph
+    from toolchain.export.describe import cpu_optimized_graph
 
     _, result = tiny_resnet
-    graph = _cpu_optimized_graph(result.path)
+    graph = cpu_optimized_graph(result.path)
     fused = next(n for n, v in graph.nodes.items() if n.endswith("_nchwc") and v["op"] == "Conv")
     out = CliRunner().invoke(main, ["inspect", result.path, "--resolve", f"{fused}@Conv", "--resolve", "nonsense", "--json"])
     assert out.exit_code == 0, out.output

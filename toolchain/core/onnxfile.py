@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Reading an ONNX file without its weights: the graph, its inputs, its ``metadata_props`` and the
+provenance an export stores there (``toolchain.*`` keys), and setting metadata on a ``ModelProto``.
+``onnx`` is imported inside the functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The :class:`Dataset` every stage passes around (named arrays with a leading sample axis, optional labels,
+where they came from) and the :class:`DataOptions` that say how raw data becomes model inputs."""
 
 from __future__ import annotations
 

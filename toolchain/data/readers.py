@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""Readers, one per kind of data: ``.npz`` arrays, image folders, MNIST / Fashion-MNIST / drug reviews
+from the packages that ship them, text tokenized with the model's tokenizer, and synthetic samples.
+Each returns a :class:`~toolchain.data.dataset.Dataset`; :func:`toolchain.data.load.load_for_inputs`
+picks the reader for a spec."""
 
 from __future__ import annotations
 

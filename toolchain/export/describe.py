@@ -52,7 +52,7 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     if resolve:
         if node_map is None:
             raise ToolchainError(f"{path} has no node-to-module map: export it with `toolchain export`")
-        graph = _cpu_optimized_graph(path)
+        graph = cpu_optimized_graph(path)
         info["resolved"] = []
         for spec in resolve:
             name, _, op = spec.rpartition("@") if "@" in spec else (spec, "", "")
@@ -65,7 +65,7 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     return info
 
 
-def _cpu_optimized_graph(path: str | Path):
+def cpu_optimized_graph(path: str | Path):
     """Let ONNX Runtime optimize the model for the CPU EP and index the graph it writes."""
     import tempfile
 

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""Building the node-to-module map at export: each ONNX node's module from the exporter's scopes (dynamo
+``metadata_props``, TorchScript node names), Conv+BatchNorm folding undone, fused activations traced to
+their Conv/MatMul, and :func:`attach` to store it in the model. Reading and resolving the map is
+:mod:`toolchain.formats.nodemap`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The built-in model catalogue (``toolchain models``): packaged pretrained models (MiniLM, the ccexam MNIST
+CNN) and architectures built from transformers configs with random weights, labelled as such."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""A data spec read for a PyTorch model, preprocessed exactly as for its ONNX export (the model's input
+specs and metadata are handed to :mod:`toolchain.data`, which never imports the model layer)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Running a :class:`~toolchain.model.spec.LoadedModel`: the export wrapper (positional tensors in, a tuple
+of tensors out), random example inputs, PyTorch outputs as numpy, the metadata data readers need, and a
+JSON-ready description."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""transformers models: the head for a task, a model directory on disk (weights from disk only, a missing
+head labelled ``partly-random``), and the input/output description of a transformers module."""
 
 from __future__ import annotations
 

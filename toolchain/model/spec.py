@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What a loaded model is: :class:`InputSpec` (one input: example shape, dynamic axes, how to synthesise
+it) and :class:`LoadedModel` (the module in eval mode, its inputs and outputs, provenance), and parsing
+``--input-shape`` style specs."""
 
 from __future__ import annotations
 

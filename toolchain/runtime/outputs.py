@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Running an ONNX session over a :class:`~toolchain.data.dataset.Dataset` and measuring how close a
+candidate's outputs are to a reference's (cosine, top-1 agreement, accuracy against labels)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Targets on this host: whether a target can run here (architecture, CPU flags, execution providers
+that really run a session), its meters' status, and the default target (the one host rule of
+:func:`toolchain.core.host.host_kind`)."""
 
 from __future__ import annotations
 

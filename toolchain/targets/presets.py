@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""INT8 quantization presets, one per kind of target: :class:`QuantConfig` (one configuration) and
+:class:`QuantPreset` (a target's static, transformer and ``--auto`` candidate configurations). Plain
+dataclasses: quantize/ turns them into ONNX Runtime calls."""
 
 from __future__ import annotations
 
