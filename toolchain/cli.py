@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ToolchainError as exc:
-            _fail(str(exc), exc.exit_code, ctx)
+            _fail(exc.cli_text(), exc.exit_code, ctx)
         except KeyboardInterrupt:
             _fail("interrupted", 130, ctx)
         except BrokenPipeError:  # `toolchain ... | head`: the reader left; nothing to report

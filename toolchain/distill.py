@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolchain import __version__
-from toolchain.core.errors import ToolchainError, one_line
+from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.core.fsio import atomic_write, remove_stale, write_json
 from toolchain.data.dataset import Dataset
 
@@ -87,13 +87,13 @@ def _read_checkpoint(out: Path) -> dict[str, Any]:
 
     path = out / CHECKPOINT_FILE
     if not path.is_file():
-        raise ToolchainError(f"{out}: no {CHECKPOINT_FILE} to resume", hint="run without --resume to start")
+        raise ToolchainError(f"{out}: no {CHECKPOINT_FILE} to resume", hint=f"run without {option('--resume', 'resume=True')} to start")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ToolchainError(f"{path}: unreadable checkpoint ({one_line(exc)})", hint="--force starts over") from None
+        raise ToolchainError(f"{path}: unreadable checkpoint ({one_line(exc)})", hint=f"{option('--force', 'force=True')} starts over") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ToolchainError(f"{path}: not a toolchain distill checkpoint", hint="--force starts over")
+        raise ToolchainError(f"{path}: not a toolchain distill checkpoint", hint=f"{option('--force', 'force=True')} starts over")
     return state
 
 
@@ -114,7 +114,7 @@ def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset
     n_val = math.ceil(n * val_fraction)
     if not 0 < val_fraction < 1 or n_val < 1 or n - n_val < 2:
         raise ToolchainError(f"{ds.source}: {n} samples leave too few for training and validation "
-                             f"at --val-fraction {val_fraction}", hint="more --samples")
+                             f"at {option('--val-fraction', 'val_fraction')} {val_fraction}", hint=f"more {option('--samples', 'samples')}")
     order = np.random.default_rng(seed).permutation(n)
     return _subset(ds, np.sort(order[n_val:])), _subset(ds, np.sort(order[:n_val]))
 
@@ -154,7 +154,7 @@ def _check_output(out: Path, inputs: list[str], *, resume: bool, force: bool) ->
     elif not force and any(p.exists() for p in ours):
         present = next(p.name for p in ours if p.exists())
         raise ToolchainError(f"{out} already holds a distillation ({present})",
-                             hint="--resume continues it, --force starts over")
+                             hint=f"{option('--resume', 'resume=True')} continues it, {option('--force', 'force=True')} starts over")
 
 
 def _params(module) -> int:
@@ -180,8 +180,8 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         if recorded != config:
             diff = [f"{f.name} {getattr(config, f.name)!r} (recorded {getattr(recorded, f.name)!r})"
                     for f in fields(DistillConfig) if getattr(config, f.name) != getattr(recorded, f.name)]
-            raise ToolchainError(f"--resume continues the recorded job, but {diff[0]} differs",
-                                 hint="leave options out to take the recorded ones, or --force to start over")
+            raise ToolchainError(f"{option('--resume', 'resume=True')} continues the recorded job, but {diff[0]} differs",
+                                 hint=f"leave options out to take the recorded ones, or {option('--force', 'force=True')} to start over")
     say = progress or (lambda _text: None)
     say("loading models")
     teacher, student = _load_pair(config)
@@ -203,7 +203,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         for key in ("teacher", "student", "data"):
             if state["sources"][key]["sha256"] != sources[key]["sha256"]:
                 raise ToolchainError(f"the {key} ({sources[key]['source']}) changed since the checkpoint was written",
-                                     hint="--force starts over")
+                                     hint=f"{option('--force', 'force=True')} starts over")
     # the same order of teacher outputs in every run: computed here once for the reference and the report
     val_reference = outputs(teacher, teacher.module, val_set)
     teacher_metrics = evaluate(teacher, teacher.module, val_set, reference=val_reference)
@@ -262,7 +262,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
             write_json(out / REPORT_FILE, report)
         where = f"after epoch {len(done)}/{config.epochs}" if done else "in epoch 1"
         exc = ToolchainError(f"interrupted {where}",
-                             hint=f"`toolchain distill -o {output} --resume` continues" if done or state
+                             hint=f"{option(f'`toolchain distill -o {output} --resume`', 'resume=True')} continues" if done or state
                              else "nothing was saved yet")
         exc.exit_code = 130
         raise exc from None

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain.core.errors import ToolchainError, one_line
+from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.data.dataset import Dataset
 from toolchain.model.forward import export_module
 from toolchain.model.spec import LoadedModel
@@ -211,7 +211,7 @@ def objective_for(loaded: LoadedModel, module: nn.Module, data: Dataset, *, teac
     logits = _is_logits(out, pooled)
     if teacher is None:
         if label_free is not None:
-            raise ToolchainError(f"--label-free {label_free} needs a teacher to match")
+            raise ToolchainError(f"{option(f'--label-free {label_free}', f'label_free={label_free!r}')} needs a teacher to match")
         if data.labels is None:
             raise ToolchainError(f"{data.source} has no labels; training without a teacher needs labels",
                                  hint="give a teacher to distill label-free")
@@ -226,8 +226,8 @@ def objective_for(loaded: LoadedModel, module: nn.Module, data: Dataset, *, teac
         raise ToolchainError(f"the teacher gives {t_out.shape[1]} {what} per sample, the student {out.shape[1]}; "
                              "distillation needs outputs of the same shape")
     if label_free == "kl" and not logits:
-        raise ToolchainError("--label-free kl needs class logits; these models give embeddings",
-                             hint="use --label-free mse or cosine")
+        raise ToolchainError(option("--label-free kl", "label_free='kl'") + " needs class logits; these models give embeddings",
+                             hint="use " + option("--label-free mse", "label_free='mse'") + " or cosine")
     if label_free is not None:
         return label_free
     if not logits:

@@ -1,5 +1,25 @@
 """Typed errors. Every error a user can cause is a :class:`ToolchainError` whose message is one line
-that says what went wrong and, where there is one, how to fix it. The CLI prints it without a traceback."""
+that says what went wrong and, where there is one, how to fix it. The CLI prints it without a traceback.
+
+Library code names a caller's option with :func:`option` (``option("--force", "force=True")``), so one
+message serves both front ends: ``str(error)`` speaks of the Python API and names the flag after it
+(``pass force=True [--force] to overwrite it``), :meth:`ToolchainError.cli_text` of the command line
+(``pass --force to overwrite it``)."""
+
+import re
+
+_OPTION = re.compile("\x1f([^\x1e\x1f]*)\x1e([^\x1e\x1f]*)\x1f")
+
+
+def option(cli: str, api: str) -> str:
+    """An option named inside an error message: ``cli`` as the command line spells it (``--force``),
+    ``api`` as the Python API does (``force=True``). Rendered by :func:`render`."""
+    return f"\x1f{cli}\x1e{api}\x1f"
+
+
+def render(text: str, *, cli: bool) -> str:
+    """``text`` with every :func:`option` spelled for the command line (``cli=True``) or the Python API."""
+    return _OPTION.sub(lambda m: m.group(1) if cli else f"{m.group(2)} [{m.group(1)}]", text)
 
 
 class ToolchainError(Exception):
@@ -12,8 +32,15 @@ class ToolchainError(Exception):
         self.message = message
         self.hint = hint
 
-    def __str__(self) -> str:
+    def _text(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def __str__(self) -> str:
+        return render(self._text(), cli=False)
+
+    def cli_text(self) -> str:
+        """The message as the command line shows it: options spelled as flags."""
+        return render(self._text(), cli=True)
 
 
 class ParityError(ToolchainError):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def check_output(output: str | os.PathLike, *, force: bool, inputs: tuple[str | 
             continue
         src = Path(inp).expanduser().resolve()
         if any(t == src or (src.is_dir() and src in t.parents) for t in targets):
-            raise ToolchainError(f"{output}: refusing to overwrite an input ({inp}); choose another -o")
+            raise ToolchainError(f"{output}: refusing to overwrite an input ({inp}); choose another {option('-o', 'output')}")
     for target in targets:
         if target.exists() and not force:
-            raise ToolchainError(f"{target} already exists", hint="pass --force to overwrite it")
+            raise ToolchainError(f"{target} already exists", hint=f"pass {option('--force', 'force=True')} to overwrite it")
     if out.is_dir():
-        raise ToolchainError(f"{output} is a directory; -o takes a file path")
+        raise ToolchainError(f"{output} is a directory; {option('-o', 'output')} takes a file path")
     if not out.parent.is_dir():
         raise ToolchainError(f"{out.parent}: output directory does not exist")
     if not os.access(out.parent, os.W_OK):
@@ -206,12 +206,12 @@ def write_files(files: dict[str, bytes | str], out_dir: str | Path, force: bool,
     for inp in inputs:
         src = Path(inp).expanduser().resolve()
         if src == final or any(src == final / n for n in files):
-            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another -o")
+            raise ToolchainError(f"{out_dir}: refusing to overwrite an input ({inp}); choose another {option('-o', 'out_dir')}")
     if final.exists() and not final.is_dir():
         raise ToolchainError(f"{out_dir} exists and is not a directory")
     clash = [n for n in files if (final / n).exists()]
     if clash and not force:
-        raise ToolchainError(f"{final / clash[0]} already exists", hint="pass --force to overwrite, or choose another -o")
+        raise ToolchainError(f"{final / clash[0]} already exists", hint=f"pass {option('--force', 'force=True')} to overwrite, or choose another {option('-o', 'out_dir')}")
     if not final.parent.is_dir():
         raise ToolchainError(f"{final.parent}: output directory does not exist")
     with atomic_dir(final) as scratch:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.errors import ToolchainError, one_line
+from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.core.onnxfile import ModelInput
 from toolchain.data.dataset import DataOptions, Dataset
 
@@ -59,7 +59,7 @@ def normalisation(meta: dict[str, str], opts: DataOptions, channels: int) -> tup
     mean = opts.mean or tuple(pre.get("mean", IMAGENET_MEAN if channels == 3 else (0.5,) * channels))
     std = opts.std or tuple(pre.get("std", IMAGENET_STD if channels == 3 else (0.5,) * channels))
     if len(mean) != channels or len(std) != channels:
-        raise ToolchainError(f"--mean/--std need {channels} values for a {channels}-channel input")
+        raise ToolchainError(f"{option('--mean/--std', 'DataOptions.mean/std')} need {channels} values for a {channels}-channel input")
     return (np.asarray(mean, np.float32).reshape(1, channels, 1, 1),
             np.asarray(std, np.float32).reshape(1, channels, 1, 1))
 
@@ -165,7 +165,7 @@ def _tokenizer_dir(meta: dict[str, str], opts: DataOptions, source: str) -> str:
     if meta.get("toolchain.tokenizer"):
         return meta["toolchain.tokenizer"]
     raise ToolchainError(f"{source}: text needs a tokenizer and the model names none",
-                         hint="pass --tokenizer DIR (a transformers model directory)")
+                         hint=f"pass {option('--tokenizer DIR', 'DataOptions(tokenizer=DIR)')} (a transformers model directory)")
 
 
 def tokenize(texts: list[str], inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions,

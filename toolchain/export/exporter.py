@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from toolchain import __version__
-from toolchain.core.errors import ParityError, ToolchainError
+from toolchain.core.errors import ParityError, ToolchainError, option
 from toolchain.core.errors import one_line as _one_line
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files
 from toolchain.model.forward import data_metadata, export_module, make_inputs, run_torch
@@ -120,7 +120,7 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
     except Exception as exc:
         shapes = ", ".join(f"{s.name} {list(feeds[s.name].shape)} {s.dtype}" for s in model.inputs)
         raise ToolchainError(f"the model fails on inputs {shapes}: {_one_line(exc)}",
-                             hint="check --input-shape") from None
+                             hint=f"check {option('--input-shape', 'the input shapes')}") from None
     if not model.output_names:
         model.output_names = ["output"] + [f"output_{i}" for i in range(1, len(outs))]
 
@@ -141,7 +141,7 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
                 criterion = (f"cosine {p.cosine:.7f} < {opts.min_cosine}" if p.cosine < opts.min_cosine else
                              f"max abs error {p.max_abs_error:.3g} > {opts.rel_tolerance} x max(1, max|output|)")
                 raise ParityError(f"ONNX output differs from PyTorch at batch {p.batch}: {criterion}",
-                                  hint=f"try --exporter {other}, another --opset, or loosen --min-cosine")
+                                  hint=f"try {option(f'--exporter {other}', f'exporter={other!r}')}, another {option('--opset', 'opset')}, or loosen {option('--min-cosine', 'min_cosine')}")
         extra = [f.name for f in scratch.iterdir() if f.name != final.name]
         commit_files(scratch, final)
 
@@ -188,7 +188,7 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
         other = "torchscript" if opts.exporter == "dynamo" else "dynamo"
         cause = exc.__cause__ or exc
         raise ToolchainError(f"the {opts.exporter} exporter cannot export {model.source}: {_one_line(cause)}",
-                             hint=f"try --exporter {other}") from None
+                             hint=f"try {option(f'--exporter {other}', f'exporter={other!r}')}") from None
 
 
 def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool):
@@ -273,7 +273,7 @@ def check_parity(model: LoadedModel, onnx_path: str | Path, opts: ExportOptions)
             ref = run_torch(model, feeds)
         except Exception as exc:
             raise ToolchainError(f"PyTorch fails on the parity inputs {shapes}: {_one_line(exc)}",
-                                 hint="a smaller --seq-len, or --no-parity") from None
+                                 hint=f"a smaller {option('--seq-len', 'parity_seq_len')}, or {option('--no-parity', 'parity=False')}") from None
         try:
             got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
         except Exception as exc:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.errors import one_line as _one_line
 from toolchain.core.fsio import sha256_files
 from toolchain.model.spec import InputSpec, LoadedModel
@@ -87,7 +87,7 @@ def load_hf_dir(path: Path, task: str) -> LoadedModel:
                                                          **kwargs)
     except Exception as exc:
         raise ToolchainError(f"{path}: cannot load as {task} ({_one_line(exc)})",
-                             hint="pick another --task") from None
+                             hint=f"pick another {option('--task', 'task')}") from None
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
     missing = list(info.get("missing_keys") or [])
     # a head the checkpoint lacks (e.g. --task sequence-classification on a bare encoder) is random: say so

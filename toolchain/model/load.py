@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.errors import one_line as _one_line
 from toolchain.core.fsio import sha256_file, sha256_text
 from toolchain.model.catalogue import catalogue_index
@@ -110,7 +110,7 @@ def _load_state_dict(path: Path, allow_pickle: bool) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError:
         raise ToolchainError(f"{path}: not a plain state_dict; refusing to unpickle arbitrary objects",
-                             hint="save weights with torch.save(model.state_dict(), ...), or pass --allow-pickle "
+                             hint="save weights with torch.save(model.state_dict(), ...), or pass " + option("--allow-pickle", "allow_pickle=True") + " "
                                   "only if you trust the file") from None
     except Exception as exc:
         raise ToolchainError(f"{path}: unreadable weights file ({_one_line(exc)})") from None
@@ -130,7 +130,7 @@ def _load_pickled_model(path: Path, input_specs: list[InputSpec], allow_pickle: 
 
     if not allow_pickle:
         raise ToolchainError(f"{path}: refusing to unpickle a whole model (unpickling runs arbitrary code)",
-                             hint="pass --allow-pickle only if you trust the file, or use module:factory --weights "
+                             hint=f"pass {option('--allow-pickle', 'allow_pickle=True')} only if you trust the file, or use module:factory {option('--weights', 'weights=')}"
                                   "state_dict.pt")
     try:
         net = torch.load(path, map_location="cpu", weights_only=False)
@@ -146,7 +146,9 @@ def _load_pickled_model(path: Path, input_specs: list[InputSpec], allow_pickle: 
 def _user_loaded(net: nn.Module, source: str, input_specs: list[InputSpec], digest: str, description: str) -> LoadedModel:
     if not input_specs:
         raise ToolchainError(f"{source}: a user model needs its input shape",
-                             hint="pass --input-shape, e.g. --input-shape 1x3x224x224 or --input-shape ids:1x128:int64")
+                             hint="pass " + option("--input-shape", "input_shapes") + ", e.g. "
+                                  + option("--input-shape 1x3x224x224", "['1x3x224x224']") + " or "
+                                  + option("--input-shape ids:1x128:int64", "['ids:1x128:int64']"))
     # Output names are unknown until the model runs: export names them output, output_1, ...
     return LoadedModel(module=net.eval(), inputs=input_specs, output_names=[], source=source,
                        kind="user", description=description, source_hash=digest, task="custom")
@@ -173,7 +175,7 @@ def load_model(source: str, *, task: str = "auto", weights: str | None = None,
     path = Path(source)
     is_factory = re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", source) is not None and not path.exists()
     if weights and not is_factory:
-        raise ToolchainError("--weights goes with a module:factory model",
+        raise ToolchainError(f"{option('--weights', 'weights')} goes with a module:factory model",
                              hint="catalogue models, transformers directories and pickles carry their own weights")
     if key in entries and not path.exists():
         loaded = entries[key].build()
@@ -209,7 +211,7 @@ def _override_shapes(inputs: list[InputSpec], specs: list[InputSpec]) -> list[In
             continue
         if len(new.shape) != len(spec.shape):
             raise ToolchainError(f"input {spec.name!r} has {len(spec.shape)} dimensions {list(spec.shape)}; "
-                                 f"--input-shape gave {len(new.shape)}")
+                                 f"{option('--input-shape', 'input_shapes')} gave {len(new.shape)}")
         out.append(InputSpec(spec.name, new.shape, spec.dtype, spec.dynamic_axes, spec.role, spec.high))
     unknown = set(by_name) - {s.name for s in inputs} - {s.name for s in unnamed}
     if unknown:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.stats import Summary
 from toolchain.energy import EnergyReading, Meter, WindowTooShortError
 
@@ -116,7 +116,7 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
     Each candidate's window holds enough calls to last ``window_s`` seconds (at least ten times the
     meter's resolution); a window the meter cannot resolve is grown and measured again."""
     if repeats < 2:
-        raise ToolchainError("--repeats must be at least 2 (a spread needs two windows)")
+        raise ToolchainError(f"{option('--repeats', 'repeats')} must be at least 2 (a spread needs two windows)")
     if not candidates:
         raise ToolchainError("nothing to measure")
     window_s = max(window_s, 10 * meter.min_window_s)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.errors import MeterUnavailableError, ToolchainError
+from toolchain.core.errors import MeterUnavailableError, ToolchainError, option
 from toolchain.core.host import provenance_versions
 from toolchain.energy import Meter, MeterOptions, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
@@ -67,7 +67,8 @@ def target_meter(target, options: ProfileOptions) -> Meter:
             first = first or MeterUnavailableError(f"power meter {name!r} of target {target.name!r}: {exc.message}",
                                                    hint=exc.hint)
     assert first is not None
-    extra = "" if names == ["estimate"] else "; or pass --meter estimate for a figure labelled as an estimate"
+    extra = "" if names == ["estimate"] else ("; or pass " + option("--meter estimate", "meter='estimate'")
+                                                + " for a figure labelled as an estimate")
     raise MeterUnavailableError(first.message, hint=(first.hint or "") + extra)
 
 
