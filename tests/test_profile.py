@@ -18,7 +18,15 @@ from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
 from toolchain.core.stats import Summary
 from toolchain.energy import EnergyReading, WindowTooShortError
-from toolchain.formats.costs import SCHEMA_VERSION, CostTable, grams_co2e_per_1000
+from toolchain.formats.costs import (
+    SCHEMA_VERSION,
+    CostTable,
+    EnergyStat,
+    LatencyStat,
+    MeasurementRecord,
+    MeterInfo,
+    grams_co2e_per_1000,
+)
 from toolchain.profile.attribution import graph_stats
 from toolchain.profile.measure import measure
 from toolchain.profile.trace import parse_trace
@@ -118,6 +126,41 @@ def test_graph_stats_count_macs_params_and_bytes():
 
 def test_carbon_arithmetic():
     assert grams_co2e_per_1000(3.6, 500) == pytest.approx(0.5)  # 3.6 kJ = 1 Wh -> 0.5 g at 500 g/kWh
+
+
+def test_typed_measurement_record_reads_every_key_and_json_stays_byte_identical():
+    meter = CountingMeter(joules_per_call=0.5)
+    result = measure({"m": meter.work}, meter, repeats=3, window_s=0.0, warmup=1, idle_s=0.01, batch=4)["m"]
+    raw = result.to_dict()
+    rec = MeasurementRecord.from_dict(raw)
+    assert rec.label == "m" and rec.batch == 4 and rec.repeats == 3 and rec.kind == "measured"
+    assert rec.meter == MeterInfo("fake", "measured", "fake counter")
+    assert rec.idle_baseline.watts == raw["idle_baseline"]["watts"]
+    assert list(rec.inferences_per_window) == raw["inferences_per_window"] and len(rec.windows) == 3
+    assert rec.windows[0].net_j == raw["windows"][0]["net_j"] and rec.notes == tuple(raw["notes"])
+    assert rec.joules_per_inference.net == EnergyStat(**{**raw["joules_per_inference"]["net"],
+                                                         "ci95": tuple(raw["joules_per_inference"]["net"]["ci95"])})
+    assert rec.joules_per_inference.gross.mean == raw["joules_per_inference"]["gross"]["mean"]
+    assert rec.watts.gross.cv_pct == raw["watts"]["gross"]["cv_pct"] and rec.watts.kind == "measured"
+    lat = raw["latency_ms"]
+    assert rec.latency_ms == LatencyStat(lat["median_ms"], lat["mean_ms"], lat["std_ms"], lat["p10_ms"],
+                                         lat["p90_ms"], tuple(lat["ci95_ms"]), lat["runs"])
+
+    raw.pop("windows")
+    raw["gco2e_per_1000"] = {"mean": 0.1, "ci95": [0.09, 0.11], "kind": "measured", "intensity_g_per_kwh": 400.0,
+                             "intensity_source": "test grid"}
+    table = CostTable(model={"name": "m"}, target={"name": "cpu"}, meter={"name": "fake", "kind": "measured",
+                      "source": "fake counter", "idle_watts": 0.0}, measurement=raw, profile={}, rows=[],
+                      versions={})
+    assert table.measured.gco2e_per_1000.intensity_source == "test grid" and table.meter_info.idle_watts == 0.0
+    assert table.joules_per_inference == table.measured.joules_per_inference.net.mean
+    text = table.to_json()
+    again = CostTable.from_dict(json.loads(text))
+    assert again.to_json() == text and again.measured == table.measured
+
+    partial = MeasurementRecord.from_dict({"latency_ms": {"median_ms": 2.0}, "watts": [1, 2]})
+    assert partial.latency_ms.median_ms == 2.0 and partial.latency_ms.runs is None
+    assert partial.joules_per_inference.net.mean is None and partial.watts.gross.mean is None and partial.kind is None
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import pytest
 
 from toolchain.core.errors import ToolchainError
 from toolchain.formats.costs import CostTable, LayerCost, grams_co2e_per_1000
-from toolchain.report.build import build_report, figures, html, markdown, write_report
+from toolchain.report.build import build_report
+from toolchain.report.documents import html, markdown, write_report
+from toolchain.report.figures import figures
 
 G_PER_KWH = 360.0  # 1 J per inference -> 0.1 gCO2e per 1,000 inferences
 

@@ -83,12 +83,19 @@ def _write(result, data_out, output, force, models, top):
     return write_files(files, output, force, inputs=tuple(models))
 
 
+def _measured(column):
+    """A comparison column's measurement figures, typed (a column carries a measurement's keys)."""
+    from toolchain.formats.costs import MeasurementRecord
+
+    return MeasurementRecord.from_dict(column)
+
+
 def _provenance(data_out) -> str:
     parts = []
     for c in data_out["columns"]:
-        j = c["joules_per_inference"]["net"]
-        parts.append(f"{_basename(c['model'])} @ {c['target']}: meter {c['meter']['name']} ({c['meter']['kind']}), "
-                     f"{c['repeats']} windows, J/inference CV {j['cv_pct']:.1f}%")
+        m = _measured(c)
+        parts.append(f"{_basename(c['model'])} @ {c['target']}: meter {m.meter.name} ({m.meter.kind}), "
+                     f"{m.repeats} windows, J/inference CV {m.joules_per_inference.net.cv_pct:.1f}%")
     return "; ".join(parts)
 
 
@@ -101,12 +108,13 @@ def _summary_rows(data_out):
               "gCO2e/1k", "energy"]
     rows = []
     for c in data_out["columns"]:
-        j = c["joules_per_inference"]["net"]
-        rows.append([_basename(c["model"]), c["target"], c["precision"], f"{c['latency_ms']['mean_ms']:.3f}",
-                     f"{c['latency_ratio']:.2f}", f"{j['mean'] * 1000:.4g}",
-                     f"{j['ci95'][0] * 1000:.4g}-{j['ci95'][1] * 1000:.4g}",
+        m = _measured(c)
+        j = m.joules_per_inference.net
+        rows.append([_basename(c["model"]), c["target"], c["precision"], f"{m.latency_ms.mean_ms:.3f}",
+                     f"{c['latency_ratio']:.2f}", f"{j.mean * 1000:.4g}",
+                     f"{j.ci95[0] * 1000:.4g}-{j.ci95[1] * 1000:.4g}",
                      f"{c['energy_ratio']:.2f}" if c["energy_ratio"] is not None else "-",
-                     f"{c['watts']['gross']['mean']:.3g}", f"{c['gco2e_per_1000']['mean']:.4g}", c["meter"]["kind"]])
+                     f"{m.watts.gross.mean:.3g}", f"{m.gco2e_per_1000.mean:.4g}", m.meter.kind])
     return header, rows
 
 
@@ -134,13 +142,14 @@ def _render(console, data_out, top) -> None:
     for h in header:
         t.add_column(h, justify="left" if h in ("model", "target", "precision", "energy") else "right")
     for row, c in zip(rows, data_out["columns"], strict=True):
-        if c["meter"]["kind"] == "estimated":
+        if _measured(c).meter.kind == "estimated":
             row[-1] = "[bold yellow]ESTIMATED[/]"
         t.add_row(*[str(x) for x in row])
     console.print(t)
     for c in data_out["columns"]:
-        console.print(f"  {_basename(c['model'])} @ {c['target']}: energy {c['meter']['kind']} by {c['meter']['name']} "
-                      f"({c['meter']['source']}), {c['repeats']} windows")
+        m = _measured(c)
+        console.print(f"  {_basename(c['model'])} @ {c['target']}: energy {m.meter.kind} by {m.meter.name} "
+                      f"({m.meter.source}), {m.repeats} windows")
     for s in data_out["skipped"]:
         console.print(f"  [yellow]skipped[/] {s['target']}: {s['reason']}")
     dheader, drows = _delta_rows(data_out, top)

@@ -114,25 +114,26 @@ def _render(console, table, top, written) -> None:
 
     from toolchain.report.charts import table_rows
 
-    m = table.measurement
+    m = table.measured
+    meter = table.meter_info
     kind = table.energy_kind
-    lat = m["latency_ms"]
-    j = m["joules_per_inference"]["net"]
-    jg = m["joules_per_inference"]["gross"]
-    w = m["watts"]["gross"]
-    co2 = m["gco2e_per_1000"]
+    lat = m.latency_ms
+    j = m.joules_per_inference.net
+    jg = m.joules_per_inference.gross
+    w = m.watts.gross
+    co2 = m.gco2e_per_1000
     label = "[bold yellow]ESTIMATED[/]" if kind == "estimated" else "[green]measured[/]"
-    console.print(f"[bold]{table.model['name']}[/] ({table.model['precision']}, batch {m['batch']}) on "
+    console.print(f"[bold]{table.model['name']}[/] ({table.model['precision']}, batch {m.batch}) on "
                   f"[bold]{table.target['name']}[/] ({', '.join(table.target['providers'])})")
-    console.print(f"  energy {label}: meter {table.meter['name']}: {table.meter['source']}")
-    console.print(f"  latency      {lat['mean_ms']:.3f} ms mean, sd {lat['std_ms']:.3f}, 95% CI "
-                  f"{lat['ci95_ms'][0]:.3f}-{lat['ci95_ms'][1]:.3f} ({lat['runs']} calls in {m['repeats']} windows)")
-    console.print(f"  energy       {j['mean'] * 1000:.4g} mJ/inference net of idle ({kind}), sd {j['std'] * 1000:.2g}, "
-                  f"95% CI {j['ci95'][0] * 1000:.4g}-{j['ci95'][1] * 1000:.4g}, CV {j['cv_pct']:.1f}%; "
-                  f"gross {jg['mean'] * 1000:.4g} mJ")
-    console.print(f"  power        {w['mean']:.3g} W gross ({kind}); idle baseline {table.meter['idle_watts']:.3g} W")
-    console.print(f"  carbon       {co2['mean']:.4g} gCO2e per 1,000 inferences ({kind}) at "
-                  f"{co2['intensity_g_per_kwh']} gCO2e/kWh ({co2['intensity_source']})")
+    console.print(f"  energy {label}: meter {meter.name}: {meter.source}")
+    console.print(f"  latency      {lat.mean_ms:.3f} ms mean, sd {lat.std_ms:.3f}, 95% CI "
+                  f"{lat.ci95_ms[0]:.3f}-{lat.ci95_ms[1]:.3f} ({lat.runs} calls in {m.repeats} windows)")
+    console.print(f"  energy       {j.mean * 1000:.4g} mJ/inference net of idle ({kind}), sd {j.std * 1000:.2g}, "
+                  f"95% CI {j.ci95[0] * 1000:.4g}-{j.ci95[1] * 1000:.4g}, CV {j.cv_pct:.1f}%; "
+                  f"gross {jg.mean * 1000:.4g} mJ")
+    console.print(f"  power        {w.mean:.3g} W gross ({kind}); idle baseline {meter.idle_watts:.3g} W")
+    console.print(f"  carbon       {co2.mean:.4g} gCO2e per 1,000 inferences ({kind}) at "
+                  f"{co2.intensity_g_per_kwh} gCO2e/kWh ({co2.intensity_source})")
     p = table.profile
     console.print(f"  layers       {len(table.rows)} modules from {p['kernels']} kernels ({p['runs']} profiled runs); "
                   f"per run they add up to {p['layers_sum_ms']:.3f} ms against {p['end_to_end_ms']:.3f} ms end to end "

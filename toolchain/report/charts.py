@@ -1,17 +1,22 @@
-"""Charts of cost tables and comparisons: PNG (matplotlib, headless) and a self-contained HTML page with
-the PNG embedded and the table beside it. Every energy axis says whether it is measured or estimated."""
+"""Charts of cost tables and comparisons: PNG (matplotlib, headless, imported only when drawing) and a
+self-contained HTML page with the PNG embedded and the table beside it (:mod:`toolchain.report.render`).
+Every energy axis says whether it is measured or estimated.
+
+``figure_png``, ``pyplot`` and ``short_label`` are shared with the report's figures
+(:mod:`toolchain.report.figures`).
+"""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from typing import Any
 
-from toolchain.formats.costs import CostTable
+from toolchain.formats.costs import CostTable, MeasurementRecord
+from toolchain.report.render import CHART_CSS, esc, html_document, html_table, png_data_uri
 
 
 def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -21,12 +26,18 @@ def figure_png(fig) -> bytes:
 
 
 def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported here, not at module import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def short_label(label: str, width: int = 48) -> str:
+    """``label`` shortened from the left to ``width`` characters (module paths end in what matters)."""
+    return label if len(label) <= width else "…" + label[-(width - 1):]
 
 
 def layer_energy_png(table: CostTable, top: int = 20) -> bytes:
@@ -40,33 +51,27 @@ def layer_energy_png(table: CostTable, top: int = 20) -> bytes:
     for y, (v, r) in enumerate(zip(values, rows, strict=True)):
         ax.text(v, y, f" {r.share:.1%}", va="center", fontsize=8)
     kind = table.energy_kind
-    ax.set_xlabel(f"energy per inference, mJ ({kind}, {table.method}; meter {table.meter['name']})")
+    ax.set_xlabel(f"energy per inference, mJ ({kind}, {table.method}; meter {table.meter_info.name})")
     ax.set_title(f"{table.model['name']} on {table.target['name']}: "
                  f"{table.joules_per_inference * 1000:.3g} mJ/inference ({kind})", fontsize=10)
     ax.tick_params(axis="y", labelsize=8)
     return figure_png(fig)
 
 
-def short_label(label: str, width: int = 48) -> str:
-    return label if len(label) <= width else "…" + label[-(width - 1):]
-
-
 def comparison_png(data: dict[str, Any]) -> bytes:
-    """Side-by-side bars of latency and J/inference per (model, target) column, with 95% intervals."""
+    """Side-by-side bars of latency and J/inference per (model, target) column, with 95% intervals.
+    ``data`` is :meth:`toolchain.profile.run.Comparison.to_dict`; a column carries a measurement's keys."""
     plt = pyplot()
     cols = data["columns"]
+    recs = [MeasurementRecord.from_dict(c) for c in cols]
     labels = [f"{c['model'].rsplit('/', 1)[-1]}\n@ {c['target']}" for c in cols]
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(cols) * 2), 4))
-    lat = [c["latency_ms"]["mean_ms"] for c in cols]
-    a.bar(labels, lat, color="#888")
+    a.bar(labels, [r.latency_ms.mean_ms for r in recs], color="#888")
     a.set_ylabel("latency per inference, ms (mean)")
-    j = [c["joules_per_inference"]["net"]["mean"] * 1000 for c in cols]
-    err = [[max(0.0, c["joules_per_inference"]["net"]["mean"] - c["joules_per_inference"]["net"]["ci95"][0]) * 1000
-            for c in cols],
-           [max(0.0, c["joules_per_inference"]["net"]["ci95"][1] - c["joules_per_inference"]["net"]["mean"]) * 1000
-            for c in cols]]
-    b.bar(labels, j, yerr=err, color="#3b7dd8", ecolor="#444")
-    kinds = sorted({c["meter"]["kind"] for c in cols})
+    nets = [r.joules_per_inference.net for r in recs]
+    err = [[max(0.0, j.mean - j.ci95[0]) * 1000 for j in nets], [max(0.0, j.ci95[1] - j.mean) * 1000 for j in nets]]
+    b.bar(labels, [j.mean * 1000 for j in nets], yerr=err, color="#3b7dd8", ecolor="#444")
+    kinds = sorted({r.meter.kind for r in recs})
     b.set_ylabel(f"net energy per inference, mJ ({'/'.join(kinds)})")
     for ax in (a, b):
         ax.tick_params(axis="x", labelsize=8)
@@ -76,37 +81,33 @@ def comparison_png(data: dict[str, Any]) -> bytes:
 
 def html_page(title: str, png: bytes, sections: list[tuple[str, list[str], list[list[Any]]]], notes: list[str]) -> str:
     """A self-contained HTML page: the chart (embedded PNG), notes, then tables (heading, header, rows)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}.note{color:#555}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1>",
-             f"<img alt='chart' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
-    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+    body = [f"<h1>{esc(title)}</h1>", f"<img alt='chart' src='{png_data_uri(png)}'>"]
+    body += [f"<p class='note'>{esc(n)}</p>" for n in notes]
     for heading, header, rows in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        body.append(f"<h2>{esc(heading)}</h2>")
+        body += html_table(header, rows)
+    return html_document(title, CHART_CSS, body)
 
 
 def table_notes(table: CostTable) -> list[str]:
-    """Where the figures came from, in words: meter, method, repeats, spread, coverage."""
-    m = table.measurement
-    j = m["joules_per_inference"]["net"]
+    """Where the figures came from, in words: meter, method, repeats, spread, coverage. Raises ValueError
+    (or KeyError, TypeError) when the table lacks a figure the notes state."""
+    m = table.measured
+    j = m.joules_per_inference.net
+    co2 = m.gco2e_per_1000
+    meter = table.meter_info
     p = table.profile
+    if None in (meter.name, meter.source, m.repeats, co2.intensity_g_per_kwh, co2.intensity_source):
+        raise ValueError("the cost table lacks its meter, repeats or carbon intensity")
     return [
-        f"Energy: {table.energy_kind}, meter {table.meter['name']} ({table.meter['source']}); idle baseline "
-        f"{table.meter['idle_watts']:.3g} W subtracted (net). {m['repeats']} windows, J/inference mean "
-        f"{j['mean']:.4g} ± {j['std']:.2g} (sd), 95% CI {j['ci95'][0]:.4g}–{j['ci95'][1]:.4g}, CV {j['cv_pct']:.1f}%.",
+        f"Energy: {table.energy_kind}, meter {meter.name} ({meter.source}); idle baseline "
+        f"{meter.idle_watts:.3g} W subtracted (net). {m.repeats} windows, J/inference mean "
+        f"{j.mean:.4g} ± {j.std:.2g} (sd), 95% CI {j.ci95[0]:.4g}–{j.ci95[1]:.4g}, CV {j.cv_pct:.1f}%.",
         f"Per-layer energy: {table.method} (net energy x the layer's share of ORT-profiled kernel time, "
         f"{p['runs']} profiled runs). Per run the layers add up to {p['layers_sum_ms']:.3f} ms against "
         f"{p['end_to_end_ms']:.3f} ms end to end with the profiler off ({p['gap_pct']:+.1f}%, medians); unmapped "
         f"kernel time {p['unmapped_share']:.1%}.",
-        f"Carbon: {m['gco2e_per_1000']['intensity_g_per_kwh']} gCO2e/kWh ({m['gco2e_per_1000']['intensity_source']}).",
+        f"Carbon: {co2.intensity_g_per_kwh} gCO2e/kWh ({co2.intensity_source}).",
         f"Model sha256 {table.model['sha256'][:16]}…, target {table.target['name']} "
         f"({', '.join(table.target['providers'])}); tool versions {table.versions}.",
     ]
