@@ -13,7 +13,7 @@ from toolchain.core.errors import ToolchainError
 from toolchain.data.dataset import DataOptions
 from toolchain.data.load import load_dataset
 from toolchain.formats.nodemap import NodeModuleMap
-from toolchain.quantize import engine as q
+from toolchain.quantize import auto, guard, measure, qdq, static
 from toolchain.runtime import outputs as rt_outputs
 from toolchain.targets import presets
 
@@ -41,13 +41,13 @@ def test_labels_name_the_configuration():
                                     presets.QuantConfig(fmt="qoperator"), presets.QuantConfig(calibration="entropy")])
 def test_static_quantization_keeps_accuracy_and_provenance(mnist_data, tmp_path, config):
     fp32, calib, evaluation = mnist_data
-    result = q.quantize_model(fp32, tmp_path / "int8.onnx", config, calib, preset_name="x86")
+    result = static.quantize_model(fp32, tmp_path / "int8.onnx", config, calib, preset_name="x86")
     assert result.size_ratio < 0.3  # int8 weights: about a quarter of the float32 bytes
     model = onnx.load(result.path)
     ops = {n.op_type for n in model.graph.node}
     assert ("QuantizeLinear" in ops) if config.fmt == "qdq" else ("QLinearConv" in ops)
     meta = {p.key: p.value for p in model.metadata_props}
-    stamp = json.loads(meta[q.QUANT_KEY])
+    stamp = json.loads(meta[static.QUANT_KEY])
     assert stamp["calibration"]["sha256"] == calib.sha256 and stamp["calibration"]["samples"] == 100
     assert stamp["config"]["calibration"] == config.calibration and stamp["preset"] == "x86"
     assert meta["toolchain.source"] == "mnist-cnn"  # the FP32 provenance travels along
@@ -61,7 +61,7 @@ def test_static_quantization_keeps_accuracy_and_provenance(mnist_data, tmp_path,
 
 def test_dynamic_quantization_of_a_transformer(tiny_bert, tmp_path):
     loaded, result = tiny_bert
-    out = q.quantize_model(result.path, tmp_path / "dyn.onnx", presets.QuantConfig(mode="dynamic"))
+    out = static.quantize_model(result.path, tmp_path / "dyn.onnx", presets.QuantConfig(mode="dynamic"))
     assert out.fused == "bert"  # ORT's transformer fusions ran first
     ops = {n.op_type for n in onnx.load(out.path).graph.node}
     assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}
@@ -70,21 +70,21 @@ def test_dynamic_quantization_of_a_transformer(tiny_bert, tmp_path):
 def test_static_needs_calibration_and_refuses_to_overwrite(mnist_data, tmp_path):
     fp32, calib, _ = mnist_data
     with pytest.raises(ToolchainError, match="calibration"):
-        q.quantize_model(fp32, tmp_path / "a.onnx", presets.QuantConfig(), None)
+        static.quantize_model(fp32, tmp_path / "a.onnx", presets.QuantConfig(), None)
     with pytest.raises(ToolchainError, match="refusing to overwrite an input"):
-        q.quantize_model(fp32, fp32, presets.QuantConfig(), calib, force=True)
+        static.quantize_model(fp32, fp32, presets.QuantConfig(), calib, force=True)
     existing = tmp_path / "b.onnx"
     existing.write_bytes(b"keep me")
     with pytest.raises(ToolchainError, match="--force"):
-        q.quantize_model(fp32, existing, presets.QuantConfig(), calib)
+        static.quantize_model(fp32, existing, presets.QuantConfig(), calib)
     assert existing.read_bytes() == b"keep me"
 
 
 def test_sensitive_nodes_rank_real_nodes(mnist_data, tmp_path):
     fp32, calib, _ = mnist_data
     pre = tmp_path / "pre.onnx"
-    res = q.quantize_model(fp32, tmp_path / "i.onnx", presets.QuantConfig(), calib, keep_preprocessed=pre)
-    ranking = q.sensitive_nodes(pre, res.path, calib.take(0, 16))
+    res = static.quantize_model(fp32, tmp_path / "i.onnx", presets.QuantConfig(), calib, keep_preprocessed=pre)
+    ranking = guard.sensitive_nodes(pre, res.path, calib.take(0, 16))
     names = {n.name for n in onnx.load(str(pre)).graph.node}
     assert ranking and all(name in names for name, _ in ranking)
     scores = [s for _, s in ranking]
@@ -94,19 +94,19 @@ def test_sensitive_nodes_rank_real_nodes(mnist_data, tmp_path):
 def test_guard_excludes_nodes_until_the_budget_holds(mnist_data, tmp_path):
     fp32, calib, evaluation = mnist_data
     # a budget of zero disagreement on cosine-free terms forces at least one fallback step
-    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
+    result, steps = guard.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=-1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert result is None and not (tmp_path / "g.onnx").exists()  # an impossible budget writes nothing
     assert len(steps) == 3 and [len(s.excluded) for s in steps] == [0, 1, 2]
-    result, steps = q.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
+    result, steps = guard.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=5.0, batches=(1,), runs=3)
     assert result is not None and steps[-1].meets_budget and (tmp_path / "g.onnx").exists()
 
 
 def test_auto_keeps_fp32_when_int8_does_not_pay(mnist_data, tmp_path, monkeypatch):
     fp32, calib, evaluation = mnist_data
-    monkeypatch.setattr(q, "MIN_SPEEDUP", 1000.0)  # no INT8 model can be 1000x faster
-    result = q.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+    monkeypatch.setattr(measure, "MIN_SPEEDUP", 1000.0)  # no INT8 model can be 1000x faster
+    result = auto.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
                              batches=(1,), runs=3)
     assert result.chosen is None and result.recommendation.startswith("keep FP32")
     assert not (tmp_path / "auto.onnx").exists()
@@ -115,11 +115,11 @@ def test_auto_keeps_fp32_when_int8_does_not_pay(mnist_data, tmp_path, monkeypatc
 
 def test_auto_ships_the_fastest_candidate_within_budget(mnist_data, tmp_path, monkeypatch):
     fp32, calib, evaluation = mnist_data
-    monkeypatch.setattr(q, "MIN_SPEEDUP", 0.0)
-    result = q.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+    monkeypatch.setattr(measure, "MIN_SPEEDUP", 0.0)
+    result = auto.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
                              batches=(1,), runs=3)
     viable = [c for c in result.candidates[1:] if c.meets_budget]
-    best = max(viable, key=lambda c: q.geomean(list(c.speedup.values())))
+    best = max(viable, key=lambda c: measure.geomean(list(c.speedup.values())))
     assert result.chosen == best.label and (tmp_path / "auto.onnx").exists()
 
 
@@ -146,12 +146,12 @@ def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path)
     loaded, result = tiny_bert
     data = load_dataset("random", result.path, DataOptions(samples=16, seq_len=16))
     pre = tmp_path / "pre.onnx"
-    q.quantize_model(result.path, tmp_path / "d.onnx", presets.QuantConfig(mode="dynamic"), keep_preprocessed=pre)
-    ranking = q.matmul_sensitivity(pre, data)
+    static.quantize_model(result.path, tmp_path / "d.onnx", presets.QuantConfig(mode="dynamic"), keep_preprocessed=pre)
+    ranking = guard.matmul_sensitivity(pre, data)
     matmuls = {n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "MatMul"}
     assert ranking and {name for name, _ in ranking} <= matmuls
     assert all(score > 0 for _, score in ranking)  # int8 noise is below the signal everywhere
-    out, steps = q.guard_accuracy(result.path, tmp_path / "g.onnx", presets.QuantConfig(mode="dynamic"), None, data,
+    out, steps = guard.guard_accuracy(result.path, tmp_path / "g.onnx", presets.QuantConfig(mode="dynamic"), None, data,
                                   max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert out is None and [len(s.excluded) for s in steps] == [0, 1, 2]
     assert steps[1].excluded[0] == ranking[0][0]  # the worst node goes first
@@ -171,7 +171,7 @@ def test_quantization_leaves_nothing_in_the_working_directory(tiny_bert, tmp_pat
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     data = load_dataset("random", result.path, DataOptions(samples=4))
-    q.quantize_model(result.path, tmp_path / "q.onnx", presets.QuantConfig(), data, fuse=False)
+    static.quantize_model(result.path, tmp_path / "q.onnx", presets.QuantConfig(), data, fuse=False)
     assert list(cwd.iterdir()) == []
 
 
@@ -182,18 +182,18 @@ def test_compaction_shrinks_the_file_and_keeps_the_kernels_ort_runs(tiny_resnet,
 
     from toolchain.runtime.session import create_session
 
-    assert not q._ort_quantizes_float_bias("1.20.1") and q._ort_quantizes_float_bias("1.21.0")
+    assert not qdq.ort_quantizes_float_bias("1.20.1") and qdq.ort_quantizes_float_bias("1.21.0")
     _, result = tiny_resnet
     data = load_dataset("random", result.path, DataOptions(samples=8))
-    compact = q.quantize_model(result.path, tmp_path / "c.onnx", presets.QuantConfig(), data)
-    monkeypatch.setattr(q, "compact_qdq", lambda model, reference=None: {})
-    plain = q.quantize_model(result.path, tmp_path / "p.onnx", presets.QuantConfig(), data)
+    compact = static.quantize_model(result.path, tmp_path / "c.onnx", presets.QuantConfig(), data)
+    monkeypatch.setattr(static, "compact_qdq", lambda model, reference=None: {})
+    plain = static.quantize_model(result.path, tmp_path / "p.onnx", presets.QuantConfig(), data)
     assert compact.size_int8_bytes < plain.size_int8_bytes
     model = onnx.load(compact.path)
-    stats = json.loads({p.key: p.value for p in model.metadata_props}[q.QUANT_KEY])["compaction"]
+    stats = json.loads({p.key: p.value for p in model.metadata_props}[static.QUANT_KEY])["compaction"]
     import onnxruntime
 
-    if q._ort_quantizes_float_bias(onnxruntime.__version__):
+    if qdq.ort_quantizes_float_bias(onnxruntime.__version__):
         inits = {t.name: t for t in model.graph.initializer}
         biased = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) == 3]
         assert stats["float_biases"] == len(biased) > 0
@@ -208,3 +208,34 @@ def test_compaction_shrinks_the_file_and_keeps_the_kernels_ort_runs(tiny_resnet,
     assert kernels["compact"] == kernels["plain"] and "QLinearConv" in kernels["compact"]
     a, b = (outputs[k].reshape(len(data), -1) for k in ("compact", "plain"))
     assert np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)) > 0.9999
+
+
+def test_quantize_job_defaults_are_the_command_defaults():
+    """QuantizeJob() asks for what `toolchain quantize MODEL -o OUT` does without other flags."""
+    from toolchain.commands.quantize import quantize
+    from toolchain.quantize import QuantizeJob
+
+    flags = quantize.make_context("quantize", ["m.onnx", "-o", "m.int8.onnx"]).params
+    job = QuantizeJob(model="m.onnx", output="m.int8.onnx")
+    renamed = {"calib": "calib_data", "eval_": "eval_data", "preset_name": "target"}
+    for flag, default in flags.items():
+        if flag in ("model", "output", "as_json"):
+            continue
+        if flag == "batch_sizes":
+            assert job.batch_sizes == tuple(int(b) for b in default.split(","))
+        elif flag == "no_fusion":
+            assert job.fuse is not default
+        elif flag == "providers":
+            assert job.providers == tuple(default)
+        else:
+            assert getattr(job, renamed.get(flag, flag)) == default, flag
+
+
+def test_cli_quantize_table(mnist_cnn, tmp_path):
+    """The people's output: one row per model with its median latency at each batch size."""
+    _, result = mnist_cnn
+    run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
+                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3",
+                                    "-o", str(tmp_path / "t.onnx")])
+    assert run.exit_code == 0, run.output
+    assert "FP32 vs INT8 on cpu" in run.output and "b1 ms" in run.output and str(tmp_path / "t.onnx") in run.output

@@ -35,20 +35,6 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _check_providers(providers) -> None:
-    from toolchain.core.errors import ToolchainError
-    from toolchain.runtime.session import provider_name, provider_statuses
-
-    statuses = {s.name: s for s in provider_statuses()}
-    for p in providers:
-        name = provider_name(p)
-        status_ = statuses.get(name)
-        if status_ is None or not status_.usable:
-            why = status_.reason if status_ else "this onnxruntime build does not include it"
-            raise ToolchainError(f"execution provider {name} is not usable here: {why}",
-                                 hint="`toolchain doctor` lists the providers that work here")
-
-
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the INT8 .onnx file.")
@@ -111,40 +97,24 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
-    from toolchain.quantize import run_quantize_command
-    from toolchain.targets.presets import PRESETS
+    from toolchain.quantize import QuantizeJob, run_quantize
 
-    if preset_name and preset_name not in PRESETS:  # a target: its preset, and where it runs
-        from toolchain.core.errors import ToolchainError
-        from toolchain.targets.target import builtin_names, load_target
-
-        try:
-            target = load_target(preset_name)
-        except ToolchainError as exc:
-            if preset_name.endswith(".toml") or "/" in preset_name:
-                raise
-            raise ToolchainError(f"unknown target or quantization preset {preset_name!r}",
-                                 hint=f"targets: {', '.join(builtin_names())}; presets: {', '.join(PRESETS)}; "
-                                      "or a path to a target .toml") from exc
-        preset_name = target.quant_preset
-        providers = providers or tuple(target.provider_names())
-    providers = providers or ("cpu",)
-    _check_providers(providers)  # before any work: a model written and then not timable helps nobody
-    options = dict(model=model, output=output, calib=calib, eval_=eval_, calib_samples=calib_samples,
-                   eval_samples=eval_samples, preset_name=preset_name, auto=auto, mode=mode, fmt=fmt,
-                   activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
-                   calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
-                   batches=_ints(batch_sizes), runs=runs, providers=list(providers), seq_len=seq_len,
-                   tokenizer=tokenizer, image_size=_size(image_size), calib_batch=calib_batch, mean=_floats(mean),
-                   std=_floats(std), chunk=chunk, fuse=not no_fusion, force=force)
+    job = QuantizeJob(model=model, output=output, calib_data=calib, eval_data=eval_, calib_samples=calib_samples,
+                      eval_samples=eval_samples, target=preset_name, auto=auto, mode=mode, fmt=fmt,
+                      activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
+                      calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+                      batch_sizes=_ints(batch_sizes), runs=runs, providers=tuple(providers), seq_len=seq_len,
+                      tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
+                      calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force)
     with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
-        report = run_quantize_command(**options)
+        report = run_quantize(job)
 
     def render(console) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=f"FP32 vs INT8 on {', '.join(providers)} (medians of {runs} interleaved runs)", title_justify="left")
+        t = Table(title=f"FP32 vs INT8 on {', '.join(report['providers'])} (medians of {runs} interleaved runs)",
+                  title_justify="left")
         batches = report["batches"]
         columns = (["configuration", "size"] + [f"b{b} ms" for b in batches] + [f"b{b} speed" for b in batches]
                    + ["cosine", "agree", "acc", "budget"])

@@ -1,17 +1,23 @@
 """Stage 4, ONNX Runtime INT8 quantization (ONNX only: never imports torch).
 
-Other packages import the public API from here (the package), never from its modules.
+The flow, one module a step: :mod:`~toolchain.quantize.static` quantizes one model (transformer
+fusions, ``quant_pre_process``, static or dynamic INT8, metadata stamp), :mod:`~toolchain.quantize.qdq`
+compacts what ORT's QDQ quantizer wrote, :mod:`~toolchain.quantize.measure` times and compares INT8
+against FP32, :mod:`~toolchain.quantize.auto` chooses among a preset's candidates (``--auto``),
+:mod:`~toolchain.quantize.guard` keeps sensitive nodes in FP32 until the accuracy budget holds, and
+:mod:`~toolchain.quantize.job` runs the ``toolchain quantize`` job (:class:`QuantizeJob`) as data.
+
+Other packages import the public API from here (the package), never from its modules; the modules
+import each other directly.
 """
 
-from toolchain.quantize.engine import (
-    QuantizeResult,
-    auto_quantize,
-    compare_models,
-    guard_accuracy,
-    model_type,
-    quantize_model,
-    run_quantize_command,
-)
+from toolchain.quantize.auto import AutoResult, Candidate, auto_quantize
+from toolchain.quantize.guard import GuardStep, guard_accuracy, matmul_sensitivity, sensitive_nodes
+from toolchain.quantize.job import QuantizeJob, run_quantize
+from toolchain.quantize.measure import compare_models
+from toolchain.quantize.qdq import compact_qdq
+from toolchain.quantize.static import QUANT_KEY, QuantizeResult, model_type, quantize_model
 
-__all__ = ["QuantizeResult", "auto_quantize", "compare_models", "guard_accuracy", "model_type", "quantize_model",
-           "run_quantize_command"]
+__all__ = ["QUANT_KEY", "AutoResult", "Candidate", "GuardStep", "QuantizeJob", "QuantizeResult",
+           "auto_quantize", "compact_qdq", "compare_models", "guard_accuracy", "matmul_sensitivity", "model_type",
+           "quantize_model", "run_quantize", "sensitive_nodes"]

@@ -1,0 +1,243 @@
+"""The ``toolchain quantize`` job as data: the last step of the quantize flow, tying the others together.
+
+A :class:`QuantizeJob` holds what the command's flags ask for; :func:`run_quantize` resolves the target
+(its preset and execution providers), loads the calibration and evaluation data, quantizes (plainly,
+with the accuracy guard of :mod:`toolchain.quantize.guard`, or choosing among the preset's candidates
+with :mod:`toolchain.quantize.auto`), measures FP32 against INT8 (:mod:`toolchain.quantize.measure`)
+and returns a JSON-ready report. It never prints; the command renders the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import ToolchainError
+from toolchain.core.fsio import check_output
+from toolchain.quantize.auto import auto_quantize
+from toolchain.quantize.guard import guard_accuracy
+from toolchain.quantize.measure import compare_models, geomean, pays_off, within_budget
+from toolchain.quantize.static import QuantizeResult, file_size, model_type, quantize_model
+from toolchain.targets.presets import preset
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """One ``toolchain quantize`` run; the defaults are the command's.
+
+    ``model``/``output``: the FP32 .onnx file and where the INT8 one goes (an existing one needs
+    ``force``). ``calib_data``/``eval_data``: data specs (``.npz``, image folder, ``.txt``, ``builtin:...``,
+    ``random``), ``calib_samples``/``eval_samples`` samples of each (without ``eval_data``, evaluation uses
+    the samples of ``calib_data`` after the calibration ones). ``target``: a target name or ``.toml`` (its
+    preset, and its providers unless ``providers`` is given) or a preset name (default: this machine's
+    CPU). ``auto``: measure every candidate of the preset and keep the fastest within budget. ``mode``
+    (``static``/``dynamic``) and ``activations`` (``uint8``/``int8``) default to the preset's; ``fmt``
+    (``qdq``/``qoperator``), ``weights``, ``per_channel``, ``reduce_range``, ``calibration``
+    (``minmax``/``entropy``/``percentile``) as in :class:`~toolchain.targets.presets.QuantConfig`.
+    ``max_accuracy_drop`` (points) or ``min_cosine`` (0 to 1) turn the accuracy guard on (budgets 1 and
+    0.99 when unset). ``batch_sizes`` and ``runs``: timing of FP32 against INT8 (interleaved runs per
+    model and batch size); ``providers``: execution providers to time on (empty: the target's, else
+    ``cpu``). ``seq_len`` (tokens), ``tokenizer`` (directory), ``image_size`` (H, W in pixels) and
+    ``mean``/``std`` (per channel) shape the samples. ``calib_batch``: samples per calibration batch;
+    ``chunk``: at most this many intermediate outputs held at once; ``fuse``: ORT's transformer fusions.
+    """
+
+    model: str
+    output: str
+    calib_data: str | None = None
+    eval_data: str | None = None
+    calib_samples: int = 128
+    eval_samples: int = 256
+    target: str | None = None
+    auto: bool = False
+    mode: str | None = None
+    fmt: str = "qdq"
+    activations: str | None = None
+    weights: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration: str = "minmax"
+    max_accuracy_drop: float | None = None
+    min_cosine: float | None = None
+    batch_sizes: tuple[int, ...] = (1, 8)
+    runs: int = 20
+    providers: tuple[str, ...] = ()
+    seq_len: int = 128
+    tokenizer: str | None = None
+    image_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    calib_batch: int = 8
+    chunk: int | None = None
+    fuse: bool = True
+    force: bool = False
+
+
+def resolve_target(target: str | None, providers: tuple[str, ...] = ()) -> tuple[str | None, tuple[str, ...]]:
+    """The quantization preset name and execution providers of ``target`` (a preset name, a target name
+    or a target ``.toml``; None: this machine's default preset). ``providers``, when given, win over the
+    target's; the fallback is ``("cpu",)``. Every provider must be usable here (checked before any work:
+    a model written and then not timable helps nobody)."""
+    from toolchain.targets.presets import PRESETS
+
+    preset_name = target
+    if target and target not in PRESETS:  # a target: its preset, and where it runs
+        from toolchain.targets.target import builtin_names, load_target
+
+        try:
+            loaded = load_target(target)
+        except ToolchainError as exc:
+            if target.endswith(".toml") or "/" in target:
+                raise
+            raise ToolchainError(f"unknown target or quantization preset {target!r}",
+                                 hint=f"targets: {', '.join(builtin_names())}; presets: {', '.join(PRESETS)}; "
+                                      "or a path to a target .toml") from exc
+        preset_name = loaded.quant_preset
+        providers = providers or tuple(loaded.provider_names())
+    providers = providers or ("cpu",)
+    _check_providers(providers)
+    return preset_name, providers
+
+
+def _check_providers(providers: tuple[str, ...]) -> None:
+    from toolchain.runtime.session import provider_name, provider_statuses
+
+    statuses = {s.name: s for s in provider_statuses()}
+    for p in providers:
+        name = provider_name(p)
+        status_ = statuses.get(name)
+        if status_ is None or not status_.usable:
+            why = status_.reason if status_ else "this onnxruntime build does not include it"
+            raise ToolchainError(f"execution provider {name} is not usable here: {why}",
+                                 hint="`toolchain doctor` lists the providers that work here")
+
+
+def run_quantize(job: QuantizeJob) -> dict[str, Any]:
+    """What ``toolchain quantize`` does, as data: resolve the target, load the data, quantize (plain,
+    guarded or ``auto``), measure FP32 against INT8, and return a JSON-ready report: ``model``,
+    ``output`` (the file written, or None), ``preset``, ``batches``, ``providers``, ``notes``, ``failed``,
+    ``calibration``/``evaluation`` (the data used), ``rows`` (one per model measured: ``label``,
+    ``config``, ``latency`` by batch size as ``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms,
+    runs}``, ``speedup`` against FP32, ``fidelity``, ``size_bytes``, ``meets_budget``, ``reason``),
+    ``chosen`` and ``recommendation``; plus ``quantization`` (what was written), ``guard`` (the steps of
+    the accuracy guard) where they apply."""
+    from toolchain.data.dataset import DataOptions
+    from toolchain.data.load import load_dataset
+
+    preset_name, resolved = resolve_target(job.target, job.providers)
+    model, output, batches, providers = job.model, job.output, job.batch_sizes, list(resolved)
+    if not Path(model).is_file():
+        raise ToolchainError(f"{model}: no such ONNX file")
+    check_output(output, force=job.force, inputs=(model,))
+    chosen = preset(preset_name)
+    transformer = model_type(model) is not None
+    base = chosen.transformer if transformer else chosen.static
+    config = replace(base, mode=job.mode or base.mode, fmt=job.fmt,
+                     activations=job.activations or base.activations, weights=job.weights, per_channel=job.per_channel,
+                     reduce_range=job.reduce_range or base.reduce_range, calibration=job.calibration)
+    opts = DataOptions(seq_len=job.seq_len, tokenizer=job.tokenizer, mean=job.mean, std=job.std,
+                       image_size=job.image_size)
+    needs_calib = job.auto or config.mode == "static"
+    calib_set = eval_set = None
+    if job.calib_data:
+        extra = 0 if job.eval_data else job.eval_samples
+        pool = load_dataset(job.calib_data, model, replace(opts, samples=job.calib_samples + extra))
+        calib_set = pool.take(0, job.calib_samples)
+        if not job.eval_data and len(pool) > job.calib_samples:
+            eval_set = pool.take(job.calib_samples, None)
+    elif needs_calib and not job.auto:
+        raise ToolchainError("static quantization needs --calib DATA", hint="or use --mode dynamic")
+    if job.eval_data:
+        eval_set = load_dataset(job.eval_data, model, replace(opts, samples=job.eval_samples))
+    notes = []
+    if eval_set is None:
+        eval_set = calib_set if calib_set is not None else load_dataset("random", model, replace(opts, samples=16))
+        notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass --eval DATA")
+    if eval_set.synthetic:
+        notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
+    budget = job.max_accuracy_drop if job.max_accuracy_drop is not None else 1.0
+    guarded = job.max_accuracy_drop is not None or job.min_cosine is not None
+    min_cosine = 0.99 if job.min_cosine is None else job.min_cosine
+    timing = dict(batches=batches, providers=providers, runs=job.runs)
+
+    report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
+                              "providers": providers, "notes": notes, "failed": False,
+                              "calibration": None if calib_set is None else {"source": calib_set.source,
+                                                                              "samples": len(calib_set),
+                                                                              "sha256": calib_set.sha256},
+                              "evaluation": {"source": eval_set.source, "samples": len(eval_set)}}
+    if job.auto:
+        result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
+                               min_cosine=min_cosine, force=job.force, calib_batch=job.calib_batch, **timing)
+        report["rows"] = [_row(c.label, c.config, c.latency, c.speedup, c.fidelity, c.size_bytes, c.meets_budget, c.reason)
+                          for c in result.candidates]
+        report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
+        return report
+    if guarded:
+        result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
+                                       min_cosine=min_cosine, force=job.force, preset_name=chosen.name,
+                                       calib_batch=job.calib_batch, fuse=job.fuse, **timing)
+        fp32_size = file_size(Path(model))
+        first = steps[0]
+        report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
+                               fp32_size, True, "")]
+        for step in steps:
+            label = config.label + (f" ({len(step.excluded)} nodes FP32)" if step.excluded else "")
+            report["rows"].append(_row(label, None, step.latency, step.speedup, step.fidelity, None,
+                                       step.meets_budget, step.reason))
+        report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget} for s in steps]
+        if result is None:
+            report.update(failed=True, recommendation=f"the accuracy budget of {budget} points was not met even with "
+                          f"{len(steps[-1].excluded)} nodes kept in FP32; nothing written")
+            return report
+        if steps[-1].excluded:
+            notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
+        report.update(output=result.path, chosen=result.label,
+                      recommendation=f"wrote {result.path}; {_verdict(steps[-1].speedup)}", quantization=asdict(result))
+        return _fill_sizes(report, result)
+    result = quantize_model(model, output, config, calib_set, force=job.force, preset_name=chosen.name, fuse=job.fuse,
+                            chunk=job.chunk, calib_batch=job.calib_batch)
+    latency, fids = compare_models({"FP32": model, config.label: result.path}, eval_set, **timing)
+    rows = []
+    for label, size in (("FP32", result.size_fp32_bytes), (config.label, result.size_int8_bytes)):
+        speedup = {b: latency["FP32"][b].median / latency[label][b].median for b in batches}
+        ok, reason = within_budget(fids[label], budget, min_cosine)
+        rows.append(_row(label, None, {b: latency[label][b].to_latency_dict() for b in batches}, speedup, fids[label],
+                         size, ok, reason))
+    report["rows"] = rows
+    report.update(output=result.path, chosen=config.label,
+                  recommendation=f"wrote {result.path}; {_verdict(rows[1]['speedup'])}", quantization=asdict(result))
+    return report
+
+
+def _verdict(speedup: dict) -> str:
+    gm = geomean(list(speedup.values()))
+    return (f"INT8 runs {gm:.2f}x FP32 speed here (geometric mean over batch sizes)" if pays_off(speedup) else
+            f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try --auto)")
+
+
+def _with_modules(model_path: str, nodes: list[str]) -> list[str]:
+    """``node (module)`` for each node name the model's node-to-module map can resolve."""
+    import onnx
+
+    from toolchain.formats.nodemap import NodeModuleMap
+
+    node_map = NodeModuleMap.from_model(onnx.load(model_path, load_external_data=False))
+    out = []
+    for name in nodes:
+        found = node_map.resolve(name) if node_map else None
+        out.append(f"{name} ({found.module or 'model'})" if found else name)
+    return out
+
+
+def _row(label, config, latency, speedup, fid, size, ok, reason) -> dict[str, Any]:
+    return {"label": label, "config": config,
+            "latency": {str(b): v for b, v in latency.items()} if latency else None,
+            "speedup": {str(b): v for b, v in speedup.items()},
+            "fidelity": asdict(fid) if fid else None, "size_bytes": size, "meets_budget": ok, "reason": reason}
+
+
+def _fill_sizes(report: dict[str, Any], result: QuantizeResult) -> dict[str, Any]:
+    report["rows"][-1]["size_bytes"] = result.size_int8_bytes  # the step that was written
+    return report

@@ -1,0 +1,78 @@
+"""Measuring and judging INT8 against FP32: the third step of the quantize flow.
+
+:func:`compare_models` times every model with the one latency timer
+(:func:`toolchain.runtime.timing.interleaved`) and measures fidelity against the FP32 reference;
+:func:`within_budget` says whether a fidelity meets the accuracy budget, and :func:`pays_off` whether a
+speed-up is worth INT8's accuracy risk (:data:`MIN_SPEEDUP`). :mod:`toolchain.quantize.auto`,
+:mod:`toolchain.quantize.guard` and :mod:`toolchain.quantize.job` decide with these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolchain.core.stats import Summary
+from toolchain.data.dataset import Dataset
+from toolchain.runtime.outputs import Fidelity, fidelity, is_classifier, pooled, run_outputs
+
+MIN_SPEEDUP = 1.05  # below this geometric-mean speed-up, INT8 does not pay for its accuracy risk
+
+
+def geomean(values: list[float]) -> float:
+    """Geometric mean of positive ``values`` (speed-ups over batch sizes); 0.0 for none."""
+    return float(np.exp(np.mean(np.log(values)))) if values else 0.0
+
+
+def pays_off(speedup: dict[int, float]) -> bool:
+    """Whether speed-ups against FP32 (FP32 median / INT8 median, by batch size) reach :data:`MIN_SPEEDUP`
+    in geometric mean."""
+    return geomean(list(speedup.values())) >= MIN_SPEEDUP
+
+
+def within_budget(fid: Fidelity, max_drop_points: float, min_cosine: float) -> tuple[bool, str]:
+    """Whether ``fid`` meets the budget, and why not (``""`` when it does): ``max_drop_points`` points of
+    accuracy when there are labels, else that many percent of top-1 disagreement for classifiers, else
+    ``min_cosine`` (0 to 1) of the outputs against FP32."""
+    if fid.accuracy_drop_points is not None:
+        ok = fid.accuracy_drop_points <= max_drop_points
+        return ok, "" if ok else f"accuracy drop {fid.accuracy_drop_points:.2f} points > {max_drop_points}"
+    if fid.agreement is not None:
+        ok = 100 * (1 - fid.agreement) <= max_drop_points
+        return ok, "" if ok else f"top-1 disagreement {100 * (1 - fid.agreement):.2f}% > {max_drop_points}"
+    ok = fid.cosine >= min_cosine
+    return ok, "" if ok else f"cosine {fid.cosine:.5f} < {min_cosine}"
+
+
+def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples (repeated when the set is smaller)."""
+    reps = -(-batch // len(data))
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in data.feeds.items()}
+
+
+def compare_models(paths: dict[str, str], evaluation: Dataset, *, batches: tuple[int, ...] = (1, 8),
+                   providers: list[str] | None = None, runs: int = 20, threads: int | None = None,
+                   reference: str | None = None) -> tuple[dict[str, dict[int, Summary]], dict[str, Fidelity]]:
+    """Latency of every model (``paths``: label -> .onnx file) at each batch size, and fidelity against
+    ``reference`` (a label; default: the first model) on ``evaluation``.
+
+    Returns ``(latency, fidelity)``: ``latency[label][batch]`` is a :class:`~toolchain.core.stats.Summary`
+    in milliseconds per run (``.median``, ``.p10``, ``.p90``...) of ``runs`` interleaved runs after 3
+    warm-up rounds (:func:`toolchain.runtime.timing.interleaved`); ``fidelity[label]`` compares that
+    model's outputs on all of ``evaluation`` with the reference's.
+    """
+    from toolchain.runtime.session import create_session
+    from toolchain.runtime.timing import interleaved
+
+    sessions = {name: create_session(p, providers, threads=threads) for name, p in paths.items()}
+    ref_name = reference or next(iter(paths))
+    classifier = is_classifier(paths[ref_name])
+    outputs = {name: pooled(run_outputs(s, evaluation), evaluation) for name, s in sessions.items()}
+    fids = {name: fidelity(outputs[ref_name], out, evaluation.labels, classifier) for name, out in outputs.items()}
+    latency: dict[str, dict[int, Summary]] = {name: {} for name in paths}
+    for batch in batches:
+        feeds = _feeds_for_batch(evaluation, batch)
+        stats = interleaved({name: (lambda s=s, f=feeds: s.run(None, f)) for name, s in sessions.items()},
+                            warmup=3, runs=runs)
+        for name, st in stats.items():
+            latency[name][batch] = st
+    return latency, fids
