@@ -1,10 +1,27 @@
-"""toolchain prune"""
+"""toolchain prune: the flags parsed into a :class:`~toolchain.prune.PruneJob`, one
+:func:`~toolchain.prune.run_prune` call, and its report rendered.
+
+Re-measuring on the target (``--reprofile-every``) exports and profiles, which are other stages: this
+command builds that :data:`~toolchain.prune.Reprofile` callable (:func:`reprofiler`) and hands it to the
+prune stage, which only reads the cost table it returns.
+
+At ``--help`` time only :mod:`toolchain.prune.importance` is read (no torch).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.prune.importance import ENERGY, IMPORTANCES
+
+if TYPE_CHECKING:
+    from toolchain.formats.costs import CostTable
+    from toolchain.model.spec import LoadedModel
+    from toolchain.prune import Reprofile
+    from toolchain.targets.target import Target
 
 
 @click.command()
@@ -14,7 +31,7 @@ from toolchain.commands._common import emit, is_quiet, json_option, json_safe_st
               help="Prune step by step until the cost table's energy per inference falls by this fraction, e.g. 0.3.")
 @click.option("--target-latency-reduction", type=float, metavar="L",
               help="Same, on the cost table's per-layer latency.")
-@click.option("--importance", type=click.Choice(["l1", "l2", "taylor", "energy"]), default="energy", show_default=True,
+@click.option("--importance", type=click.Choice(list(IMPORTANCES)), default=ENERGY, show_default=True,
               help="l1/l2/taylor: every layer loses the same share (channels ranked by norm or Taylor score); "
                    "energy: the group with the most energy per unit of importance is cut first.")
 @click.option("--costs", type=click.Path(), help="Cost table of MODEL's export on the target (`toolchain profile`).")
@@ -71,18 +88,18 @@ def prune(ctx, model, ratio, target_energy_reduction, target_latency_reduction, 
           --target-energy-reduction 0.4 --eval builtin:mnist --max-accuracy-drop 1 -o mnist.pruned
       toolchain prune mnist-cnn --importance l2 --ratio 0.3 --eval builtin:mnist -o mnist.l2
     """
-    from toolchain.prune import run_prune_command
+    from toolchain.prune import PruneJob, run_prune
 
+    job = PruneJob(model=model, ratio=ratio, target_energy_reduction=target_energy_reduction,
+                   target_latency_reduction=target_latency_reduction, importance=importance, costs=costs,
+                   target_spec=target_spec, eval_spec=eval_, train_spec=train_, samples=samples,
+                   max_accuracy_drop=max_accuracy_drop, step=step, alpha=alpha, beta=beta,
+                   finetune_epochs=finetune_epochs, lr=lr, round_to=round_to, exclude=tuple(exclude),
+                   reprofile_every=reprofile_every, meter=meter, max_steps=max_steps, trials=trials, patience=patience,
+                   weights=weights, input_shapes=tuple(input_shapes), output=output, force=force)
     report = None
     with json_safe_stdout(as_json), status("pruning", quiet=is_quiet(ctx, as_json)) as progress:
-        report = run_prune_command(
-            model=model, ratio=ratio, target_energy_reduction=target_energy_reduction,
-            target_latency_reduction=target_latency_reduction, importance=importance, costs=costs,
-            target_spec=target_spec, eval_spec=eval_, train_spec=train_, samples=samples,
-            max_accuracy_drop=max_accuracy_drop, step=step, alpha=alpha, beta=beta, finetune_epochs=finetune_epochs,
-            lr=lr, round_to=round_to, exclude=tuple(exclude), reprofile_every=reprofile_every, meter=meter,
-            max_steps=max_steps, trials=trials, patience=patience, weights=weights, input_shapes=list(input_shapes), output=output, force=force,
-            progress=progress)
+        report = run_prune(job, reprofiler(eval_), progress=progress).to_dict()
 
     def render(console) -> None:
         from rich.table import Table
@@ -110,3 +127,23 @@ def prune(ctx, model, ratio, target_energy_reduction, target_latency_reduction, 
             console.print(f"  wrote {f}")
 
     emit(report, as_json, render)
+
+
+def reprofiler(data_spec: str) -> Reprofile:
+    """The ``--reprofile-every`` measurement: export the (pruned) model to a scratch ONNX file and profile
+    it on the target (3 repeats, 10 profiled runs, the builtin ``data_spec`` as inputs where it is one);
+    returns its cost table."""
+    def measure(model: LoadedModel, target: Target, meter: str | None) -> CostTable:
+        import tempfile
+        from pathlib import Path
+
+        from toolchain.export.exporter import ExportOptions, export_model
+        from toolchain.profile.run import ProfileOptions, profile_model
+
+        with tempfile.TemporaryDirectory(prefix="toolchain-reprofile-") as tmp:
+            path = Path(tmp) / "pruned.onnx"
+            export_model(model, path, ExportOptions(parity=False))
+            return profile_model(path, target, ProfileOptions(meter=meter, repeats=3, profile_runs=10,
+                                                              data=data_spec if data_spec.startswith("builtin:") else None))
+
+    return measure

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from toolchain.core.errors import ToolchainError
-from toolchain.formats.pruned import FORMAT, FORMAT_VERSION, PRUNED_FILE, WEIGHTS_FILE
+from toolchain.formats.pruned import PRUNED_FILE, WEIGHTS_FILE, read_pruned
 from toolchain.model.spec import LoadedModel
 
 
@@ -20,15 +19,10 @@ def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> Lo
     import torch
 
     p = Path(path)
-    try:
-        meta = json.loads((p / PRUNED_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ToolchainError(f"{p / PRUNED_FILE}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ToolchainError(f"{p}: not a toolchain pruned model of format version {FORMAT_VERSION}")
-    loaded = load_source(meta["source"], weights=meta.get("weights"), input_shapes=meta.get("input_shapes"))
-    if loaded.source_hash != meta["source_hash"]:
-        raise ToolchainError(f"{p}: its original model {meta['source']!r} has changed since it was pruned "
+    meta = read_pruned(p)
+    loaded = load_source(meta.source, weights=meta.weights, input_shapes=meta.input_shapes)
+    if loaded.source_hash != meta.source_hash:
+        raise ToolchainError(f"{p}: its original model {meta.source!r} has changed since it was pruned "
                              "(source hash differs)", hint="prune the current model again")
     try:
         state = torch.load(p / WEIGHTS_FILE, map_location="cpu", weights_only=True)
@@ -36,7 +30,7 @@ def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> Lo
         raise ToolchainError(f"{p / WEIGHTS_FILE}: not a tensor file ({type(exc).__name__})") from None
     module = loaded.module
     modules = dict(module.named_modules())
-    for name, attrs in meta["modules"].items():
+    for name, attrs in meta.modules.items():
         m = modules.get(name)
         if m is None:
             raise ToolchainError(f"{p}: names a module {name!r} the original model does not have")
@@ -57,7 +51,7 @@ def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> Lo
     module.eval()
     loaded.source = str(p)
     loaded.kind = f"pruned ({loaded.kind})"
-    loaded.description = f"{loaded.description}, pruned: {meta['result']['params_after']:,} of " \
-                         f"{meta['result']['params_before']:,} parameters"
+    loaded.description = f"{loaded.description}, pruned: {meta.params_after:,} of " \
+                         f"{meta.params_before:,} parameters"
     loaded.input_paths = [*loaded.input_paths, str(p / WEIGHTS_FILE), str(p / PRUNED_FILE)]
     return loaded
