@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.energy import METERS
 
 
 def measure_options(f):
     """Options shared by `profile` and `compare`: the meter, the windows, the inputs."""
     options = [
-        click.option("--meter", type=click.Choice(["rapl", "nvml", "jetson", "estimate"]),
+        click.option("--meter", type=click.Choice(list(METERS)),
                      help="Power meter (default: the target's). `estimate` is a model, not a measurement, "
                           "and every figure it produces is labelled estimated."),
         click.option("--watts", type=click.FloatRange(0, min_open=True),

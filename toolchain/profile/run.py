@@ -195,14 +195,14 @@ class Comparison:
         out = []
         for key in cols:
             t = self.tables[key]
-            lat = t.measurement["latency_ms"]["mean_ms"]
+            lat = t.measured.latency_ms.mean_ms
             j = t.joules_per_inference
             out.append({
                 "model": key[0], "target": key[1], "precision": t.model["precision"], "sha256": t.model["sha256"],
                 "latency_ms": t.measurement["latency_ms"], "joules_per_inference": t.measurement["joules_per_inference"],
                 "watts": t.measurement["watts"], "gco2e_per_1000": t.measurement["gco2e_per_1000"],
                 "meter": t.meter, "repeats": t.measurement["repeats"],
-                "latency_ratio": lat / base.measurement["latency_ms"]["mean_ms"] if base else None,
+                "latency_ratio": lat / base.measured.latency_ms.mean_ms if base else None,
                 "energy_ratio": (j / base.joules_per_inference) if base and base.joules_per_inference else None,
             })
         return {"columns": out, "skipped": [{"target": k, "reason": v} for k, v in self.skipped.items()],
