@@ -66,7 +66,7 @@ def fashion_cnn(workdir: Path, epochs: int, samples: int, factory: str = "fashio
 def run_model(name: str, args, work: Path) -> dict:
     from toolchain.data.dataset import DataOptions
     from toolchain.export.exporter import ExportOptions, export_model
-    from toolchain.formats.costs import CostTable
+    from toolchain.formats.costs import CostTable, MeasurementRecord
     from toolchain.model.data import load_dataset_for
     from toolchain.model.load import load_model
     from toolchain.profile.run import ProfileOptions, compare_models, profile_model
@@ -123,17 +123,17 @@ def run_model(name: str, args, work: Path) -> dict:
               f"{result.params_after}/{result.params_before}", file=sys.stderr)
     cmp = compare_models([str(p) for p in paths.values()], [target],
                          ProfileOptions(meter=args.meter, repeats=args.repeats, profile_runs=5, seq_len=args.seq_len))
-    cols = {Path(c["model"]).stem: c for c in cmp.to_dict()["columns"]}
+    cols = {Path(c["model"]).stem: MeasurementRecord.from_dict(c) for c in cmp.to_dict()["columns"]}
     base = cols[base_path.stem]
-    out["measured"] = {"kind": base["meter"]["kind"], "meter": base["meter"]["name"],
-                       "baseline_latency_ms": base["latency_ms"]["median_ms"],
-                       "baseline_joules": base["joules_per_inference"]["net"]["mean"]}
+    out["measured"] = {"kind": base.meter.kind, "meter": base.meter.name,
+                       "baseline_latency_ms": base.latency_ms.median_ms,
+                       "baseline_joules": base.joules_per_inference.net.mean}
     for method in out["methods"]:
         c = cols[f"{name}-{method}"]
-        out["methods"][method]["latency_reduction"] = 1 - c["latency_ms"]["median_ms"] / base["latency_ms"]["median_ms"]
-        out["methods"][method]["energy_reduction"] = 1 - (c["joules_per_inference"]["net"]["mean"]
-                                                          / base["joules_per_inference"]["net"]["mean"])
-        out["methods"][method]["energy_cv_pct"] = c["joules_per_inference"]["net"]["cv_pct"]
+        out["methods"][method]["latency_reduction"] = 1 - c.latency_ms.median_ms / base.latency_ms.median_ms
+        out["methods"][method]["energy_reduction"] = 1 - (c.joules_per_inference.net.mean
+                                                          / base.joules_per_inference.net.mean)
+        out["methods"][method]["energy_cv_pct"] = c.joules_per_inference.net.cv_pct
     return out
 
 

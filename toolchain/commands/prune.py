@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.energy import METERS
 from toolchain.prune.importance import ENERGY, IMPORTANCES
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
               "classifier head always is.")
 @click.option("--reprofile-every", type=click.IntRange(0), default=0, show_default=True,
               help="Re-measure the pruned model on the target every K kept steps (0: predict from MACs).")
-@click.option("--meter", type=click.Choice(["rapl", "nvml", "jetson", "estimate"]), help="Meter for --reprofile-every.")
+@click.option("--meter", type=click.Choice(list(METERS)), help="Meter for --reprofile-every.")
 @click.option("--max-steps", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
               help="energy: candidates tried on copies each step; the one saving most energy per point lost wins.")

@@ -4,10 +4,10 @@ A target names the ONNX Runtime execution providers (in priority order, with the
 the session's thread count, the power meter(s), the grid's carbon intensity, the INT8 quantization
 preset and the channel multiple that pruning rounds to. Built-in targets live in the repository's
 ``targets/`` folder (see ``targets/README.md`` for the schema); any other ``.toml`` file can be given by
-path. :func:`usable` says whether a target can run on this machine and, if not, why and how to fix it.
+path. :func:`toolchain.targets.host.usable` says whether a target can run on this machine and, if not, why and how to fix it.
 
 Importing this module is cheap: onnxruntime and the meters are imported only when probed, and loading
-a file imports ``toolchain.quantize`` (numpy, about 0.2 s) to check the preset name.
+a file reads :data:`toolchain.targets.presets.PRESETS` to check the preset name.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Target:
     ``providers`` in priority order; ``threads``: intra-op threads (0: ONNX Runtime's default);
     ``meters``: power meter names in order of preference; ``idle_seconds``: idle baseline measured
     before a run; ``carbon_g_per_kwh``: grid carbon intensity (gCO2e/kWh) and ``carbon_source`` where it
-    comes from; ``quant_preset``: a :data:`toolchain.quantize.PRESETS` name; ``round_to``: channel
+    comes from; ``quant_preset``: a :data:`toolchain.targets.presets.PRESETS` name; ``round_to``: channel
     multiple for hardware-friendly pruning; ``requires_arch`` / ``requires_cpu_flags``: what the host
     must have (None / empty: anything)."""
 
