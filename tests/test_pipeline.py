@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.pipeline.runner import Recipe, choose, objective
+from toolchain.pipeline import Recipe, choose, objective
 
 FAST = """
 samples = 600

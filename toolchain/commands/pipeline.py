@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
-from toolchain.pipeline.runner import STAGES
+from toolchain.pipeline import STAGES, Recipe, Wording
+
+# the library's errors name the job's fields as the command's flags
+CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="--data",
+                      again="run the same command again")
 
 
 @click.command()
@@ -55,13 +59,18 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
           --recipe minilm.toml -o runs/minilm     # the default recipe is sized for small CNNs
       toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
     """
-    from toolchain.pipeline.runner import run_pipeline
+    from toolchain.pipeline import PipelineJob, run_pipeline
 
     overrides = {"max_accuracy_drop": max_accuracy_drop, "target_energy_reduction": target_energy_reduction,
                  "meter": meter, "samples": samples}
     with json_safe_stdout(as_json), status("pipeline", quiet=is_quiet(ctx, as_json)) as progress:
-        manifest = run_pipeline(model, target_spec, data, output, recipe_path=recipe_path, overrides=overrides,
-                                from_stage=from_stage, until=until, progress=progress)
+        job = PipelineJob(model=model, target=target_spec, data=data, output=output,
+                          recipe=Recipe.load(recipe_path, overrides), from_stage=from_stage, until=until)
+        manifest = run_pipeline(job, progress=progress, wording=CLI_WORDING)
+
+    def metrics(stage: str) -> dict:
+        entry = manifest.stages.get(stage)
+        return (entry.metrics if entry else None) or {}
 
     def render(console) -> None:
         from rich.table import Table
@@ -70,18 +79,18 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
         for col in ("stage", "status", "seconds", "result"):
             t.add_column(col, justify="right" if col == "seconds" else "left")
         for stage in STAGES:
-            s = manifest["stages"].get(stage)
+            s = manifest.stages.get(stage)
             if not s:
                 continue
-            state = "reused" if s.get("reused") else s["status"]
-            t.add_row(stage, state, f"{s.get('seconds', 0):.1f}", _summary(stage, s.get("metrics") or {}))
+            state = "reused" if s.reused else s.status
+            t.add_row(stage, state, f"{s.seconds or 0:.1f}", _summary(stage, s.metrics or {}))
         console.print(t)
-        search = (manifest["stages"].get("search") or {}).get("metrics") or {}
+        search = metrics("search")
         front = [c for c in search.get("candidates", []) if c.get("front_energy") or c.get("front_latency")]
         if front:
             kind = (search.get("meter") or {}).get("kind", "")
             f = Table(title=f"scheduler: Pareto front of {len(search['candidates'])} candidates (budget "
-                            f"{manifest['recipe']['max_accuracy_drop']} points; grid {search.get('carbon_g_per_kwh')} "
+                            f"{manifest.recipe['max_accuracy_drop']} points; grid {search.get('carbon_g_per_kwh')} "
                             "gCO2e/kWh)")
             for col in ("candidate", "metric", f"mJ/inference ({kind})", "latency ms", "front", "objective"):
                 f.add_column(col, justify="left" if col in ("candidate", "front") else "right")
@@ -91,17 +100,18 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
                 f.add_row(("[bold]* " if c["label"] == chosen else "") + c["label"], f"{c['metric']:.2f}",
                           f"{c['joules'] * 1e3:.4f}", f"{c['latency_ms']:.4f}", where, f"{c['objective']:.3f}")
             console.print(f)
-        report = (manifest["stages"].get("report") or {}).get("metrics") or {}
+        report = metrics("report")
         if report.get("headline"):
             console.print(report["headline"])
-        profile = (manifest["stages"].get("profile") or {}).get("metrics") or {}
+        profile = metrics("profile")
         if profile.get("artifact"):
             console.print(f"  deliverable ({profile['precision']}): {output}/{profile['artifact']}")
         for name in ("quantize/model.int8.onnx", "profile/costs.json", "report/report.md", "report/report.html"):
-            if name in ((manifest["stages"].get(name.split("/")[0]) or {}).get("outputs") or {}):
+            entry = manifest.stages.get(name.split("/")[0])
+            if entry and name in (entry.outputs or {}):
                 console.print(f"  {output}/{name}")
 
-    emit(manifest, as_json, render)
+    emit(manifest.to_dict(), as_json, render)
 
 
 def _summary(stage: str, m: dict) -> str:

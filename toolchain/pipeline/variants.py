@@ -1,0 +1,120 @@
+"""The compare stage: each technique alone beside the full pipeline, measured together on the target.
+
+Variants: the baseline (FP32), pruning only (the most pruned step within the budget, fine-tuned, FP32),
+INT8 only (the baseline quantized with the configuration the scheduler chose), distillation only (a
+uniformly narrower student, distilled) and the full pipeline (with its INT8 counterpart beside it where the
+scheduler kept FP32). All are measured with their windows interleaved and evaluated on the held-out data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.fsio import write_json
+from toolchain.pipeline.context import (
+    Run,
+    chosen,
+    datasets,
+    deliverable,
+    distill_student,
+    onnx_metric,
+    onnx_outputs,
+    profile_options,
+    quant_config,
+    quantize_onnx,
+    source_model,
+    student_model,
+)
+
+
+def distillation_only(run: Run, out: Path, example_data) -> Path:
+    """The "distillation only" variant: every layer (the head aside) at ``distill_only_width`` of its width,
+    distilled at the chosen temperature and exported; returns its ONNX path."""
+    import copy
+    from dataclasses import replace
+
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.prune import (
+        PruneConfig,
+        PruneResult,
+        apply_pruning,
+        attention_blocks,
+        example_args,
+        output_layer,
+        prune_transformer_units,
+        save_pruned,
+        transformer_units,
+    )
+
+    loaded = source_model(run)
+    narrow = copy.deepcopy(loaded.module)
+    head = output_layer(narrow)
+    config = PruneConfig(importance="l2", ratio=1 - run.recipe.distill_only_width, round_to=run.target.round_to)
+    example = example_args(loaded, example_data)
+    if attention_blocks(narrow):  # heads and MLP width of every layer
+        prune_transformer_units(loaded, narrow, example, transformer_units(narrow), replace(config, step=config.ratio))
+    else:
+        apply_pruning(loaded, narrow, example, float(config.ratio), [dict(narrow.named_modules())[head]] if head else [],
+                      config, None)
+    student_dir = out / "distill-only-student"
+    save_pruned(PruneResult(narrow, 0.0, 0.0, "", 0, 0, 0, 0, 0.0, "uniform width"), loaded, run.model, student_dir,
+                config, {}, force=True)
+    distill_student(run, str(student_dir), out / "distill-only", "compare: distillation only", chosen(run)["temperature"])
+    export_model(student_model(student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
+                 ExportOptions(parity=False))
+    return out / "distill-only.onnx"
+
+
+def onnx_params(path: Path) -> int:
+    """Weights in an ONNX graph: elements of float initializers, or of the integer weights they were
+    quantized to (scales and zero points not counted)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        if n > 1 and not init.name.endswith(("_scale", "_zero_point")):
+            total += n
+    return total
+
+
+def stage_compare(run: Run, out: Path) -> dict[str, Any]:
+    """The single techniques beside the full pipeline, measured together on the target."""
+    from toolchain.export.exporter import ExportOptions, export_model
+    from toolchain.model.load import load_model
+    from toolchain.profile.run import compare_models
+
+    _, held = datasets(run)
+    base = run.dir("baseline") / "model.onnx"
+    run.progress("compare: pruning only (the most pruned step within the budget, fine-tuned, FP32)")
+    export_model(load_model(str(run.dir("prune") / "within-budget")), out / "pruning-only.onnx", ExportOptions(parity=False))
+    run.progress("compare: INT8 only")
+    quantize_onnx(run, base, out / "int8-only.onnx", quant_config(run, run.metrics("search")["int8"]))
+    run.progress("compare: distillation only (a uniformly narrower student, distilled)")
+    distilled = distillation_only(run, out, held)
+    variants = {"baseline (FP32)": base, "pruning only": out / "pruning-only.onnx", "INT8 only": out / "int8-only.onnx",
+                "distillation only": distilled}
+    if chosen(run)["quant"] is None:  # the scheduler kept FP32: its INT8 counterpart is shown beside it
+        variants["prune + distill + INT8"] = run.dir("quantize") / "model.int8.onnx"
+    variants[f"full pipeline ({'INT8' if chosen(run)['quant'] else 'FP32, INT8 measured costlier'})"] = deliverable(run)
+    run.progress(f"compare: measuring all {len(variants)} on the target, windows interleaved")
+    comparison = compare_models([str(p) for p in variants.values()], [run.target],
+                                profile_options(run, run.recipe.profile_runs), progress=run.progress)
+    reference = onnx_outputs(base, held)
+    rows = []
+    for (name, path) in variants.items():
+        table = comparison.tables[(str(path), run.target.name)]
+        metric, metric_name = onnx_metric(path, held, reference)
+        rows.append({"name": name, "onnx": str(path), "metric": metric, "metric_name": metric_name,
+                     "params": onnx_params(path), "size_bytes": path.stat().st_size, "measurement": table.measurement,
+                     "cost_table": json.loads(table.to_json())})
+    write_json(out / "variants.json", rows)
+    # cost-table reads by string keys (to be converted to formats.costs accessors)
+    return {"variants": [{k: v for k, v in row.items() if k not in ("measurement", "cost_table")}
+                         | {"joules_per_inference": row["measurement"]["joules_per_inference"]["net"]["mean"],
+                            "latency_ms": row["measurement"]["latency_ms"]["median_ms"]} for row in rows]}
