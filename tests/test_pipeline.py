@@ -3,20 +3,23 @@ the middle of a stage that finishes on the next call, reusing the stages already
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import toolchain.pipeline
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.pipeline import Recipe, choose, objective
+from toolchain.pipeline import STAGE_FIELDS, STAGE_FUNCS, STAGES, Recipe, choose, objective, stage_key
 
 FAST = """
 samples = 600
@@ -62,6 +65,52 @@ def test_recipe_errors_are_clear(tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "not a readable recipe" in r.output
     r = CliRunner().invoke(main, ["pipeline", "--target", "no-such-target", "-o", str(tmp_path / "run")])
     assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def test_changing_search_points_reruns_the_prune_stage():
+    # the prune stage writes the scheduler's pruning candidates: search_points of them
+    assert "search_points" in STAGE_FIELDS["prune"]
+    assert stage_key("prune", Recipe(search_points=5), "earlier") != stage_key("prune", Recipe(), "earlier")
+    assert stage_key("prune", Recipe(search_points=3), "earlier") == stage_key("prune", Recipe(), "earlier")
+
+
+def _recipe_reads() -> dict[str, set[str]]:
+    """The Recipe fields each stage function reads (``r.X``, ``recipe.X``, ``run.recipe.X``), following the
+    calls it makes to the functions of toolchain.pipeline's modules."""
+    names = {f.name for f in fields(Recipe)}
+    funcs: dict[str, list[ast.FunctionDef]] = {}
+    for path in sorted(Path(toolchain.pipeline.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                funcs.setdefault(node.name, []).append(node)
+
+    def is_recipe(e: ast.expr) -> bool:
+        return (isinstance(e, ast.Name) and e.id in ("r", "recipe")) or (isinstance(e, ast.Attribute)
+                                                                         and e.attr == "recipe")
+
+    def reads(name: str | None, seen: set[str]) -> set[str]:
+        if name is None or name in seen or name not in funcs:
+            return set()
+        seen.add(name)
+        found: set[str] = set()
+        for node in (n for fn in funcs[name] for n in ast.walk(fn)):
+            if isinstance(node, ast.Attribute) and node.attr in names and is_recipe(node.value):
+                found.add(node.attr)
+            elif isinstance(node, ast.Call):
+                callee = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                found |= reads(callee, seen)
+        return found
+
+    return {stage: reads(func.__name__, set()) for stage, func in STAGE_FUNCS.items()}
+
+
+def test_every_recipe_field_a_stage_reads_is_declared_for_it():
+    reads = _recipe_reads()
+    assert set(reads) == set(STAGES) and reads["prune"] >= {"importance", "search_points"}  # the scan finds reads
+    for stage in STAGES:
+        assert reads[stage] == set(STAGE_FIELDS[stage]), (
+            f"{stage}: reads but does not declare {sorted(reads[stage] - set(STAGE_FIELDS[stage]))}, declares but "
+            f"does not read {sorted(set(STAGE_FIELDS[stage]) - reads[stage])} (Recipe field metadata 'stages')")
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:

@@ -55,7 +55,7 @@ class Recipe:
     # search (the scheduler): candidates = pruning points x temperatures x INT8 configurations
     # pruning ratios taken from the pruning trajectory (the last kept step included): the prune stage
     # writes them as its candidates
-    search_points: int = _feeds(3, "search")
+    search_points: int = _feeds(3, "prune")
     search_temperatures: tuple[float, ...] = _feeds((2.0, 4.0), "search")
     search_quant: int = _feeds(2, "search")  # the target preset's first static INT8 configurations
     # FP32 is a candidate too: where INT8 costs more energy on the target (measured), the scheduler keeps
