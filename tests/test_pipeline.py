@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,16 @@ def test_every_recipe_field_a_stage_reads_is_declared_for_it():
         assert reads[stage] == set(STAGE_FIELDS[stage]), (
             f"{stage}: reads but does not declare {sorted(reads[stage] - set(STAGE_FIELDS[stage]))}, declares but "
             f"does not read {sorted(set(STAGE_FIELDS[stage]) - reads[stage])} (Recipe field metadata 'stages')")
+
+
+def test_help_quotes_the_recipe_defaults():
+    r = CliRunner().invoke(main, ["pipeline", "--help"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    default = Recipe()
+    quoted = re.findall(r"\(recipe default ([^)]+)\)", text)
+    assert quoted == [str(default.max_accuracy_drop), str(default.target_energy_reduction), str(default.samples)]
+    assert f"(recipe default {default.target_energy_reduction})" in text
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:

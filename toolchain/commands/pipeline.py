@@ -7,6 +7,7 @@ import click
 from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.pipeline import STAGES, Recipe, Wording
 
+_DEFAULT = Recipe()  # the help quotes the recipe's defaults
 # the library's errors name the job's fields as the command's flags
 CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="--data",
                       again="run the same command again")
@@ -22,11 +23,12 @@ CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="-
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML recipe (keys of toolchain.pipeline.Recipe); options below override it.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, min_open=True),
-              help="Accuracy budget of the whole pipeline, in points (recipe default 1.0).")
+              help=f"Accuracy budget of the whole pipeline, in points (recipe default {_DEFAULT.max_accuracy_drop}).")
 @click.option("--target-energy-reduction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="What energy-aware pruning aims for (recipe default 0.6); the budget may stop it sooner.")
+              help=f"What energy-aware pruning aims for (recipe default {_DEFAULT.target_energy_reduction}); the budget "
+                   "may stop it sooner.")
 @click.option("--meter", help="Power meter instead of the target's (e.g. `estimate`, labelled as such).")
-@click.option("--samples", type=click.IntRange(8), help="Samples read from --data (recipe default 4000).")
+@click.option("--samples", type=click.IntRange(8), help=f"Samples read from --data (recipe default {_DEFAULT.samples}).")
 @click.option("--from", "from_stage", type=click.Choice(STAGES), help="Re-run from this stage on (earlier ones reused).")
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
