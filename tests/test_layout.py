@@ -47,3 +47,68 @@ def test_import_contracts_hold():
     exe = Path(sys.executable).parent / "lint-imports"
     out = subprocess.run([str(exe), "--no-cache"], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_a_new_meter_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
+    """The README's recipe: a module with probe/open/from_options, one METERS entry; target files,
+    open_meter and probe_all then know it."""
+    import time
+    import types
+
+    from toolchain.energy import METERS, EnergyReading, MeterStatus, open_meter, probe_all
+    from toolchain.targets.target import load_target
+
+    class CounterMeter:
+        name, measured, source, min_window_s = "counter", True, "a fake cumulative counter", 0.0
+
+        def begin(self):
+            return time.perf_counter()
+
+        def end(self, token):
+            seconds = time.perf_counter() - token
+            return EnergyReading({"board": 5.0 * seconds}, 5.0 * seconds, seconds)
+
+        def close(self):
+            pass
+
+    module = types.ModuleType("counter")
+    module.probe = lambda: MeterStatus("counter", True, "always readable")
+    module.open = CounterMeter
+    module.from_options = lambda options: CounterMeter()
+    monkeypatch.setitem(METERS, "counter", module)
+
+    meter = open_meter("counter")
+    reading = meter.end(meter.begin())
+    assert reading.total_j >= 0 and meter.name == "counter"
+    assert [s.name for s in probe_all()][-1] == "counter"
+    toml = (Path(__file__).resolve().parents[1] / "targets" / "x86-cpu.toml").read_text()
+    f = tmp_path / "t.toml"
+    f.write_text(toml.replace('names = ["rapl"]', 'names = ["counter"]'))
+    assert load_target(str(f)).meters == ("counter",)
+
+
+def test_a_new_importance_criterion_is_one_callable_and_one_registry_entry(monkeypatch):
+    """The README's recipe: one builder in IMPORTANCES; the config accepts it and pruning ranks by it."""
+    import torch
+    from torch import nn
+
+    from toolchain.core.errors import ToolchainError
+    from toolchain.model.spec import InputSpec, LoadedModel
+    from toolchain.prune import IMPORTANCES, PruneConfig, apply_pruning
+
+    with pytest.raises(ToolchainError, match="unknown importance 'fpgm'"):
+        PruneConfig(importance="fpgm", ratio=0.5).validate()
+
+    def fpgm():
+        import torch_pruning as tp
+
+        return tp.importance.FPGMImportance()
+
+    monkeypatch.setitem(IMPORTANCES, "fpgm", fpgm)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10)).eval()
+    loaded = LoadedModel(module=net, inputs=[InputSpec("x", (1, 1, 8, 8))], output_names=["y"], source="test",
+                         kind="user", description="test", source_hash="0" * 64, task="image-classification")
+    apply_pruning(loaded, net, (torch.zeros(2, 1, 8, 8),), {net[0]: 0.5}, [net[3]],
+                  PruneConfig(importance="fpgm", ratio=0.5), None)
+    assert net[0].out_channels == 8 and net(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
