@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.stats import Summary
 from toolchain.energy import EnergyReading, Meter, WindowTooShortError
+from toolchain.runtime.timing import seconds_per_call, time_calls
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,7 @@ def idle_baseline(meter: Meter, seconds: float) -> float:
 
 def _window(meter: Meter, fn: Callable[[], object], n: int, samples: list[float]) -> EnergyReading:
     token = meter.begin()
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
+    time_calls(fn, n, samples)
     return meter.end(token)
 
 
@@ -128,12 +126,7 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
     for name, fn in candidates.items():
         for _ in range(warmup):
             fn()
-        t = time.perf_counter()
-        calls = 0
-        while calls < 3 or time.perf_counter() - t < min(0.2, window_s / 5):
-            fn()
-            calls += 1
-        per_call = (time.perf_counter() - t) / calls
+        per_call = seconds_per_call(fn, min_calls=3, min_seconds=min(0.2, window_s / 5))
         sizes[name] = max(1, math.ceil(window_s / per_call))
     windows: dict[str, list[Window]] = {name: [] for name in candidates}
     latencies: dict[str, list[float]] = {name: [] for name in candidates}

@@ -10,7 +10,6 @@ import bisect
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from toolchain.core.errors import ToolchainError, one_line
 from toolchain.runtime.session import create_session
+from toolchain.runtime.timing import interleaved_samples
 
 
 @dataclass(frozen=True)
@@ -101,16 +101,11 @@ def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *
                              session_config=config)
     plain = (create_session(model_path, providers, threads=threads, provider_options=provider_options,
                             session_config=config) if reference else None)
-    profiled_wall, plain_wall = [], []
-    for i in range(warmup + runs):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        if i >= warmup:
-            profiled_wall.append((time.perf_counter() - t) * 1e6)
-        if plain is not None:
-            t = time.perf_counter()
-            plain.run(None, feeds)
-            if i >= warmup:
-                plain_wall.append((time.perf_counter() - t) * 1e6)
+    calls = {"profiled": lambda: session.run(None, feeds)}
+    if plain is not None:
+        calls["plain"] = lambda: plain.run(None, feeds)
+    seconds = interleaved_samples(calls, warmup=warmup, runs=runs)  # every run is in the trace: skip the warm-up
+    profiled_wall = [s * 1e6 for s in seconds["profiled"]]
+    plain_wall = [s * 1e6 for s in seconds.get("plain", [])]
     trace = session.end_profiling()
     return NodeProfile(parse_trace(trace, skip_runs=warmup), runs, optimized, tuple(profiled_wall), tuple(plain_wall))

@@ -1,5 +1,12 @@
-"""Latency measurement: warm-up, then interleaved runs so that every candidate sees the same machine
-state (thermal, other load), with medians and spread."""
+"""The one latency timer. Every latency the tool reports (quantize, the guard, ``--auto``, the pipeline's
+search, profile's energy windows and its profiler pass, compare) is taken here: ``time.perf_counter``
+around each call, candidates alternated call by call so that every one sees the same machine state
+(thermal, other load), summarised by :class:`toolchain.core.stats.Summary` in milliseconds.
+
+When ONNX Runtime sessions alternate, their sessions must be created with thread-pool spinning off
+(``session.intra_op.allow_spinning = 0``, see :func:`toolchain.runtime.session.create_session`): on a
+machine with few cores the idle session's spinning workers slow the other one.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,29 @@ from collections.abc import Callable
 from toolchain.core.stats import Summary
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3, runs: int = 20,
-                min_seconds: float = 0.0) -> dict[str, Summary]:
-    """Time each callable ``runs`` times, round-robin (A B C A B C ...), after ``warmup`` untimed rounds.
-    Keeps going past ``runs`` until ``min_seconds`` of timed work has accumulated."""
+def time_calls(fn: Callable[[], object], n: int, samples: list[float]) -> None:
+    """Call ``fn`` ``n`` times, appending each call's duration in seconds to ``samples``."""
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+
+
+def seconds_per_call(fn: Callable[[], object], *, min_calls: int = 3, min_seconds: float = 0.2) -> float:
+    """Mean seconds per call of ``fn`` over at least ``min_calls`` calls and ``min_seconds`` of work (to size
+    measurement windows)."""
+    t = time.perf_counter()
+    calls = 0
+    while calls < min_calls or time.perf_counter() - t < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - t) / calls
+
+
+def interleaved_samples(candidates: dict[str, Callable[[], object]], *, warmup: int = 3, runs: int = 20,
+                        min_seconds: float = 0.0) -> dict[str, list[float]]:
+    """Per-call seconds of each callable, round-robin (A B C A B C ...) after ``warmup`` untimed rounds;
+    ``runs`` rounds, or more until ``min_seconds`` of timed work has accumulated."""
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
@@ -20,10 +46,15 @@ def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3,
     spent, rounds = 0.0, 0
     while rounds < runs or spent < min_seconds:
         for name, fn in candidates.items():
-            t = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t
-            samples[name].append(dt)
-            spent += dt
+            before = len(samples[name])
+            time_calls(fn, 1, samples[name])
+            spent += samples[name][before]
         rounds += 1
-    return {name: Summary.of_seconds(s) for name, s in samples.items()}
+    return samples
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3, runs: int = 20,
+                min_seconds: float = 0.0) -> dict[str, Summary]:
+    """:func:`interleaved_samples` summarised per candidate (milliseconds)."""
+    return {name: Summary.of_seconds(s) for name, s in
+            interleaved_samples(candidates, warmup=warmup, runs=runs, min_seconds=min_seconds).items()}
