@@ -58,7 +58,7 @@ def main() -> None:
     from toolchain.data.load import load_dataset
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.model.load import load_model
-    from toolchain.quantize import compare_models, quantize_model
+    from toolchain.quantize import quantize_model, speed_and_fidelity
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def main() -> None:
                 res = quantize_model(fp32, Path(tmp) / f"{name}-{i}.onnx", cfg, calib)
                 paths[cfg.label] = res.path
                 info[cfg.label] = {"size_ratio": res.size_ratio, "quantize_s": time.perf_counter() - t}
-            latency, fids = compare_models(paths, evaluation, batches=(1, 8), runs=args.runs)
+            latency, fids = speed_and_fidelity(paths, evaluation, batches=(1, 8), runs=args.runs)
             for label in paths:
                 rows.append({
                     "model": name, "config": label, "data": spec, "eval_samples": len(evaluation),

@@ -1,5 +1,5 @@
 """``--auto``: quantize with every candidate configuration of a preset, measure them all against FP32
-on this machine (:func:`toolchain.quantize.measure.compare_models`) and keep the fastest within the
+on this machine (:func:`toolchain.quantize.measure.speed_and_fidelity`) and keep the fastest within the
 accuracy budget, or recommend keeping FP32 when INT8 does not pay off here.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import atomic_dir, check_output, commit_files
 from toolchain.data.dataset import Dataset
-from toolchain.quantize.measure import compare_models, geomean, pays_off, within_budget
+from toolchain.quantize.measure import geomean, pays_off, speed_and_fidelity, within_budget
 from toolchain.quantize.static import QuantizeResult, file_size, model_type, quantize_model
 from toolchain.runtime.outputs import Fidelity
 from toolchain.targets.presets import preset
@@ -85,7 +85,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
                                  calib_batch=calib_batch, preset_name=chosen_preset.name)
             paths[cfg.label] = res.path
             results[cfg.label] = res
-        latency, fids = compare_models(paths, evaluation, batches=batches, providers=providers, runs=runs,
+        latency, fids = speed_and_fidelity(paths, evaluation, batches=batches, providers=providers, runs=runs,
                                        threads=threads)
         candidates = []
         for label, path in paths.items():

@@ -18,7 +18,7 @@ import numpy as np
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files
 from toolchain.data.dataset import Dataset
-from toolchain.quantize.measure import compare_models, within_budget
+from toolchain.quantize.measure import speed_and_fidelity, within_budget
 from toolchain.quantize.static import CalibrationReader, QuantizeResult, file_size, quantize_model
 from toolchain.runtime.outputs import Fidelity
 from toolchain.targets.presets import QuantConfig
@@ -149,7 +149,7 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             candidate = Path(tmp) / f"step{step}.onnx"
             result = quantize_model(model_path, candidate, cfg, calibration, force=True, preset_name=preset_name,
                                     keep_preprocessed=pre, calib_batch=calib_batch, fuse=fuse)
-            latency, fids = compare_models({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
+            latency, fids = speed_and_fidelity({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
                                            batches=batches, providers=providers, runs=runs)
             ok, reason = within_budget(fids["INT8"], max_accuracy_drop, min_cosine)
             speedup = {b: latency["FP32"][b].median / latency["INT8"][b].median for b in batches}

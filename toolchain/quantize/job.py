@@ -17,7 +17,7 @@ from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import check_output
 from toolchain.quantize.auto import auto_quantize
 from toolchain.quantize.guard import guard_accuracy
-from toolchain.quantize.measure import compare_models, geomean, pays_off, within_budget
+from toolchain.quantize.measure import geomean, pays_off, speed_and_fidelity, within_budget
 from toolchain.quantize.static import QuantizeResult, file_size, model_type, quantize_model
 from toolchain.targets.presets import preset
 
@@ -198,7 +198,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         return _fill_sizes(report, result)
     result = quantize_model(model, output, config, calib_set, force=job.force, preset_name=chosen.name, fuse=job.fuse,
                             chunk=job.chunk, calib_batch=job.calib_batch)
-    latency, fids = compare_models({"FP32": model, config.label: result.path}, eval_set, **timing)
+    latency, fids = speed_and_fidelity({"FP32": model, config.label: result.path}, eval_set, **timing)
     rows = []
     for label, size in (("FP32", result.size_fp32_bytes), (config.label, result.size_int8_bytes)):
         speedup = {b: latency["FP32"][b].median / latency[label][b].median for b in batches}

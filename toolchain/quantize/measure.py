@@ -1,6 +1,6 @@
 """Measuring and judging INT8 against FP32: the third step of the quantize flow.
 
-:func:`compare_models` times every model with the one latency timer
+:func:`speed_and_fidelity` times every model with the one latency timer
 (:func:`toolchain.runtime.timing.interleaved`) and measures fidelity against the FP32 reference;
 :func:`within_budget` says whether a fidelity meets the accuracy budget, and :func:`pays_off` whether a
 speed-up is worth INT8's accuracy risk (:data:`MIN_SPEEDUP`). :mod:`toolchain.quantize.auto`,
@@ -49,7 +49,7 @@ def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v] * reps)[:batch] for k, v in data.feeds.items()}
 
 
-def compare_models(paths: dict[str, str], evaluation: Dataset, *, batches: tuple[int, ...] = (1, 8),
+def speed_and_fidelity(paths: dict[str, str], evaluation: Dataset, *, batches: tuple[int, ...] = (1, 8),
                    providers: list[str] | None = None, runs: int = 20, threads: int | None = None,
                    reference: str | None = None) -> tuple[dict[str, dict[int, Summary]], dict[str, Fidelity]]:
     """Latency of every model (``paths``: label -> .onnx file) at each batch size, and fidelity against
