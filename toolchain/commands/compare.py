@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.commands.profile import measure_options, profile_options
 
 

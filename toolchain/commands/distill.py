@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import click
 
-from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout
+from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout
 
 CONFIG_OPTIONS = ("teacher", "student", "data", "epochs", "lr", "batch_size", "temperature", "alpha", "label_free",
                   "val_fraction", "samples", "seq_len", "weights", "input_shapes", "weight_decay", "seed")

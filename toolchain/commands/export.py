@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands._common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
 from toolchain.model.spec import TASKS
 
 

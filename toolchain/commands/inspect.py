@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands._common import emit, json_option
+from toolchain.commands.common import emit, json_option
 
 
 @click.command(name="inspect")

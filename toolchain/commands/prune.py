@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from toolchain.commands._common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.energy import METERS
 from toolchain.prune.importance import ENERGY, IMPORTANCES
 

@@ -87,7 +87,7 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
     """The sustainability-aware scheduler: distill, quantize, evaluate and measure every candidate."""
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.profile.run import compare_models
-    from toolchain.report.build import pareto_front
+    from toolchain.report import pareto_front
 
     r = run.recipe
     prune = run.metrics("prune")
@@ -129,11 +129,11 @@ def stage_search(run: Run, out: Path) -> dict[str, Any]:
     base_metric = run.metrics("baseline")["metric"]
     # cost-table reads by string keys (to be converted to formats.costs accessors)
     base = {"metric": base_metric, "joules": tables[0].joules_per_inference,
-            "latency_ms": tables[0].measurement["latency_ms"]["median_ms"]}
+            "latency_ms": tables[0].measured.latency_ms.median_ms}
     for c, t in zip(candidates, tables[1:], strict=True):
         c["joules"] = t.joules_per_inference
-        c["latency_ms"] = t.measurement["latency_ms"]["median_ms"]
-        c["joules_cv_pct"] = t.measurement["joules_per_inference"]["net"]["cv_pct"]
+        c["latency_ms"] = t.measured.latency_ms.median_ms
+        c["joules_cv_pct"] = t.measured.joules_per_inference.net.cv_pct
         c["objective"] = objective(c, base, r, run.target.carbon_g_per_kwh)
     best = choose(candidates, base, r, run.target.carbon_g_per_kwh)
     if best is None:

@@ -175,7 +175,7 @@ def stage_profile(run: Run, out: Path) -> dict[str, Any]:
 def stage_report(run: Run, out: Path) -> dict[str, Any]:
     """The sustainability report (report.md, report.html, report.json) of the compared variants and the
     scheduler's Pareto front."""
-    from toolchain.report.build import build_report, write_report
+    from toolchain.report import build_report, write_report
 
     rows = json.loads((run.dir("compare") / "variants.json").read_text())
     search = run.metrics("search")

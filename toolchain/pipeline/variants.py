@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.core.fsio import write_json
+from toolchain.formats.costs import MeasurementRecord
 from toolchain.pipeline.context import (
     Run,
     chosen,
@@ -59,7 +60,9 @@ def distillation_only(run: Run, out: Path, example_data) -> Path:
         apply_pruning(loaded, narrow, example, float(config.ratio), [dict(narrow.named_modules())[head]] if head else [],
                       config, None)
     student_dir = out / "distill-only-student"
-    save_pruned(PruneResult(narrow, 0.0, 0.0, "", 0, 0, 0, 0, 0.0, "uniform width"), loaded, run.model, student_dir,
+    save_pruned(PruneResult(module=narrow, base_metric=0.0, final_metric=0.0, metric_name="", params_before=0,
+                            params_after=0, macs_before=0, macs_after=0, reduction=0.0,
+                            reduction_kind="uniform width"), loaded, run.model, student_dir,
                 config, {}, force=True)
     distill_student(run, str(student_dir), out / "distill-only", "compare: distillation only", chosen(run)["temperature"])
     export_model(student_model(student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
@@ -114,7 +117,7 @@ def stage_compare(run: Run, out: Path) -> dict[str, Any]:
                      "params": onnx_params(path), "size_bytes": path.stat().st_size, "measurement": table.measurement,
                      "cost_table": json.loads(table.to_json())})
     write_json(out / "variants.json", rows)
-    # cost-table reads by string keys (to be converted to formats.costs accessors)
+    measured = [MeasurementRecord.from_dict(row["measurement"]) for row in rows]
     return {"variants": [{k: v for k, v in row.items() if k not in ("measurement", "cost_table")}
-                         | {"joules_per_inference": row["measurement"]["joules_per_inference"]["net"]["mean"],
-                            "latency_ms": row["measurement"]["latency_ms"]["median_ms"]} for row in rows]}
+                         | {"joules_per_inference": m.joules_per_inference.net.mean,
+                            "latency_ms": m.latency_ms.median_ms} for row, m in zip(rows, measured, strict=True)]}

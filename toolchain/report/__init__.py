@@ -11,5 +11,12 @@
 - :mod:`~toolchain.report.render`: the one formatting and Markdown/HTML rendering path they share
 - :mod:`~toolchain.report.doctor`: what this machine can run and measure (`toolchain doctor`)
 
-Importing the package imports nothing: matplotlib is imported only when a figure is drawn.
+The package exports what the pipeline calls (:func:`build_report`, :func:`write_report`,
+:func:`pareto_front`); importing it is light: matplotlib is imported only when a figure is drawn.
 """
+
+from toolchain.report.build import build_report
+from toolchain.report.documents import write_report
+from toolchain.report.metrics import pareto_front
+
+__all__ = ["build_report", "pareto_front", "write_report"]

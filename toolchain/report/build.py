@@ -39,7 +39,6 @@ from __future__ import annotations
 from typing import Any
 
 from toolchain.formats.costs import MeasurementRecord, grams_co2e_per_1000
-from toolchain.report.documents import write_report  # noqa: F401  (toolchain.pipeline imports it from here)
 from toolchain.report.inputs import RunInput, VariantInput
 from toolchain.report.layers import TOP_LAYERS, layers
 from toolchain.report.metrics import (
