@@ -239,3 +239,6 @@ def test_cli_quantize_table(mnist_cnn, tmp_path):
                                     "-o", str(tmp_path / "t.onnx")])
     assert run.exit_code == 0, run.output
     assert "FP32 vs INT8 on cpu" in run.output and "b1 ms" in run.output and str(tmp_path / "t.onnx") in run.output
+    # the library's notes name options; the command spells them as flags
+    text = " ".join(run.output.split())
+    assert "\x1f" not in run.output and ("is not faster here" not in text or "(try --auto)" in text)

@@ -97,6 +97,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize resnet50.onnx --calib ./images --auto -o resnet50.int8.onnx
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
+    from toolchain.core.errors import render_all
     from toolchain.quantize import QuantizeJob, run_quantize
 
     job = QuantizeJob(model=model, output=output, calib_data=calib, eval_data=eval_, calib_samples=calib_samples,
@@ -107,7 +108,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                       tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
                       calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force)
     with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
-        report = run_quantize(job)
+        report = render_all(run_quantize(job), cli=True)  # notes name options: spell them as flags
 
     def render(console) -> None:
         from rich.markup import escape

@@ -22,6 +22,18 @@ def render(text: str, *, cli: bool) -> str:
     return _OPTION.sub(lambda m: m.group(1) if cli else f"{m.group(2)} [{m.group(1)}]", text)
 
 
+def render_all(obj, *, cli: bool):
+    """``obj`` (a JSON-like value: dicts, lists, strings) with :func:`render` applied to every string, for
+    library results that carry option names (notes, verdicts)."""
+    if isinstance(obj, str):
+        return render(obj, cli=cli)
+    if isinstance(obj, dict):
+        return {k: render_all(v, cli=cli) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(render_all(v, cli=cli) for v in obj)
+    return obj
+
+
 class ToolchainError(Exception):
     """A problem with the user's input or environment, reported as one clear line (exit code 2)."""
 

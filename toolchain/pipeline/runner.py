@@ -90,8 +90,9 @@ def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = N
     ``progress`` receives one line of text as the run goes; ``wording`` is how errors name the job's fields
     (the command passes its flags). Raises :class:`ToolchainError` for bad inputs and for a stage that
     fails or is interrupted (exit code 130), after recording it in the manifest."""
+    from toolchain.core.host import provenance_versions as versions
     from toolchain.model.load import load_model
-    from toolchain.profile.run import check_usable, versions
+    from toolchain.profile.run import check_usable
     from toolchain.targets.target import load_target
 
     _check_stages(job, wording)

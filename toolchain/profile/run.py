@@ -268,5 +268,3 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
         raise ToolchainError(f"no target is usable here ({reasons})")
     return Comparison(tables, skipped)
 
-
-versions = provenance_versions  # the pipeline's name for it (toolchain.core.host has the one implementation)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.prune.importance import ENERGY, IMPORTANCES
 
 
@@ -42,19 +42,19 @@ class PruneConfig:
             raise ToolchainError(f"unknown importance {self.importance!r}", hint=f"choose one of {', '.join(IMPORTANCES)}")
         targets = [x for x in (self.ratio, self.target_energy_reduction, self.target_latency_reduction) if x is not None]
         if len(targets) != 1:
-            raise ToolchainError("give exactly one of --ratio, --target-energy-reduction, --target-latency-reduction")
+            raise ToolchainError(f"give exactly one of {option('--ratio', 'ratio')}, {option('--target-energy-reduction', 'target_energy_reduction')}, {option('--target-latency-reduction', 'target_latency_reduction')}")
         for name in ("ratio", "target_energy_reduction", "target_latency_reduction"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
                 raise ToolchainError(f"--{name.replace('_', '-')} {value} is out of range: it is a fraction in (0, 1), "
                                      "e.g. 0.3 for 30%")
         if self.importance == ENERGY and self.ratio is not None:
-            raise ToolchainError(f"--importance {ENERGY} chooses per-layer ratios from the cost table",
-                                 hint="give --target-energy-reduction or --target-latency-reduction instead of --ratio")
+            raise ToolchainError(f"{option(f'--importance {ENERGY}', f'importance={ENERGY!r}')} chooses per-layer ratios from the cost table",
+                                 hint=f"give {option('--target-energy-reduction', 'target_energy_reduction')} or {option('--target-latency-reduction', 'target_latency_reduction')} instead of {option('--ratio', 'ratio')}")
         if not 0 < self.step < 1:
-            raise ToolchainError(f"--step {self.step} is out of range (0, 1)")
+            raise ToolchainError(f"{option('--step', 'step')} {self.step} is out of range (0, 1)")
         if self.round_to is not None and self.round_to < 1:
-            raise ToolchainError(f"--round-to {self.round_to} must be a positive integer")
+            raise ToolchainError(f"{option('--round-to', 'round_to')} {self.round_to} must be a positive integer")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.formats.pruned import PRUNED_FILE, CostsUsed, DataUsed
 from toolchain.prune.config import PruneConfig, PruneResult
 from toolchain.prune.costs import costs_for, table_costs
@@ -124,7 +124,7 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
     config.validate()
     out = Path(job.output)
     if (out / PRUNED_FILE).exists() and not job.force:
-        raise ToolchainError(f"{out / PRUNED_FILE} already exists", hint="pass --force to overwrite it")
+        raise ToolchainError(f"{out / PRUNED_FILE} already exists", hint=f"pass {option('--force', 'force=True')} to overwrite it")
     target = None
     if job.target_spec:
         from toolchain.targets.target import load_target
@@ -151,7 +151,7 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
     measure = None
     if job.reprofile_every:
         if target is None or table is None:
-            raise ToolchainError("--reprofile-every needs --target and --costs (it re-measures there)")
+            raise ToolchainError(f"{option('--reprofile-every', 'reprofile_every')} needs {option('--target', 'target_spec')} and {option('--costs', 'costs')} (it re-measures there)")
         if reprofile is None:
             raise ToolchainError("reprofile_every needs a reprofile callable (export and profile on the target)")
         measure = _per_module(reprofile, loaded, target, job.meter or table.meter.get("name"), metric)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.prune.config import PruneConfig, PruneResult, StepRecord
 from toolchain.prune.costs import count_macs, count_params, module_work, predict_costs
 from toolchain.prune.graph import (
@@ -77,8 +77,9 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
     if config.importance == ENERGY or config.ratio is None:
         if not costs:
             raise ToolchainError("this needs a cost table of the model on the target",
-                                 hint="profile its export: `toolchain profile model.onnx --target T -o costs/`, then "
-                                      "pass --costs costs/costs.json")
+                                 hint=("profile its export: " + option("`toolchain profile model.onnx --target T -o costs/`",
+                                                                         "toolchain.profile.run.profile_model")
+                                       + ", then pass " + option("--costs costs/costs.json", "its cost table as costs")))
     head = output_layer(module)
     ignored_names = (*config.exclude, *([head] if head else []))
 
@@ -99,7 +100,7 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
     grads = None
     if needs_gradients(build_importance(config.importance)):
         if not labelled:
-            raise ToolchainError(f"--importance {config.importance} needs labelled data (it differentiates the loss)")
+            raise ToolchainError(f"{option(f'--importance {config.importance}', f'importance={config.importance!r}')} needs labelled data (it differentiates the loss)")
         grads = _loss_gradients(loaded, train_data)
 
     base = metric(module)

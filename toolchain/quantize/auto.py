@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import atomic_dir, check_output, commit_files
 from toolchain.data.dataset import Dataset
 from toolchain.quantize.measure import geomean, pays_off, speed_and_fidelity, within_budget
@@ -76,7 +76,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
     if calibration is None or len(calibration) == 0:
         configs = [c for c in configs if c.mode == "dynamic"]
         if not configs:
-            raise ToolchainError("--auto needs calibration data for static candidates", hint="pass --calib DATA")
+            raise ToolchainError(f"{option('--auto', 'auto_quantize')} needs calibration data for static candidates", hint=f"pass {option('--calib DATA', 'calibration')}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         paths = {"FP32": str(model_path)}
         results: dict[str, QuantizeResult] = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files
 from toolchain.data.dataset import Dataset
 from toolchain.quantize.measure import speed_and_fidelity, within_budget
@@ -137,7 +137,7 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
     import tempfile
 
     if config.mode == "static" and (calibration is None or len(calibration) == 0):
-        raise ToolchainError("static quantization needs calibration data", hint="pass --calib DATA")
+        raise ToolchainError("static quantization needs calibration data", hint=f"pass {option('--calib DATA', 'calibration')}")
     check_output(output, force=force, inputs=(str(model_path),))
     steps: list[GuardStep] = []
     excluded: list[str] = list(config.exclude)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import check_output
 from toolchain.quantize.auto import auto_quantize
 from toolchain.quantize.guard import guard_accuracy
@@ -147,13 +147,13 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         if not job.eval_data and len(pool) > job.calib_samples:
             eval_set = pool.take(job.calib_samples, None)
     elif needs_calib and not job.auto:
-        raise ToolchainError("static quantization needs --calib DATA", hint="or use --mode dynamic")
+        raise ToolchainError(f"static quantization needs {option('--calib DATA', 'calib_data')}", hint="or use " + option("--mode dynamic", "mode='dynamic'"))
     if job.eval_data:
         eval_set = load_dataset(job.eval_data, model, replace(opts, samples=job.eval_samples))
     notes = []
     if eval_set is None:
         eval_set = calib_set if calib_set is not None else load_dataset("random", model, replace(opts, samples=16))
-        notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass --eval DATA")
+        notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass " + option("--eval DATA", "eval_data"))
     if eval_set.synthetic:
         notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
     budget = job.max_accuracy_drop if job.max_accuracy_drop is not None else 1.0
@@ -214,7 +214,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
 def _verdict(speedup: dict) -> str:
     gm = geomean(list(speedup.values()))
     return (f"INT8 runs {gm:.2f}x FP32 speed here (geometric mean over batch sizes)" if pays_off(speedup) else
-            f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try --auto)")
+            f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try " + option("--auto", "auto=True") + ")")
 
 
 def _with_modules(model_path: str, nodes: list[str]) -> list[str]:

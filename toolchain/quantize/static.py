@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from toolchain import __version__
-from toolchain.core.errors import ToolchainError, one_line
+from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files, sha256_file
 from toolchain.core.onnxfile import model_metadata, set_metadata
 from toolchain.data.dataset import Dataset
@@ -130,7 +130,8 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
     final = check_output(output, force=force, inputs=(str(src),))
     if config.mode == "static" and (calibration is None or len(calibration) == 0):
         raise ToolchainError("static quantization needs calibration data, and the calibration set is empty",
-                             hint="pass --calib DATA, or use --mode dynamic")
+                             hint=("pass " + option("--calib DATA", "calibration") + ", or use "
+                                   + option("--mode dynamic", "QuantConfig(mode='dynamic')")))
     started = time.perf_counter()
     kind = model_type(src) if fuse else None
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
