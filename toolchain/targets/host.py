@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from toolchain.core.host import HOST_KINDS, host_arch, host_cpu_flags, host_kind
-from toolchain.energy.__init__ import MeterStatus
+from toolchain.energy.base import MeterStatus
 from toolchain.runtime.session import ProviderStatus
 from toolchain.targets.target import FIX_GPU_ON_ARM64, PROVIDER_FIXES, Target
 
