@@ -33,7 +33,7 @@ intra_op_threads = 2
 
 [[providers]]
 name = "cpu"
-options = { some_option = true, level = 3 }
+options = { use_arena = true }
 
 [meter]
 names = ["rapl", "estimate"]
@@ -142,8 +142,8 @@ def test_custom_toml_loads(tmp_path):
     t = load_target(str(write(tmp_path, GOOD)))
     assert t.name == "my-board" and t.round_to == 4 and t.threads == 2
     assert t.requires_arch == "x86_64" and t.requires_cpu_flags == ("avx2",)
-    assert t.providers == (ProviderSpec("CPUExecutionProvider", {"some_option": True, "level": 3}),)
-    assert t.provider_options() == [{"some_option": "true", "level": "3"}]
+    assert t.providers == (ProviderSpec("CPUExecutionProvider", {"use_arena": True}),)
+    assert t.provider_options() == [{"use_arena": "true"}]
     assert t.meters == ("rapl", "estimate") and t.idle_seconds == 0.5
     assert t.carbon_g_per_kwh == 120.5 and t.carbon_source == "made up for a test"
     assert load_target(t.path) == t  # a Path works too
@@ -172,7 +172,7 @@ BAD = {
     "missing carbon": (GOOD[:GOOD.index("[carbon]")], "missing [carbon] table"),
     "missing intensity": (_replace("intensity_g_per_kwh = 120.5\n", ""), "missing required key carbon.intensity_g_per_kwh"),
     "missing meter names": (_replace('names = ["rapl", "estimate"]\n', ""), "missing required key meter.names"),
-    "no providers": (_replace('[[providers]]\nname = "cpu"\noptions = { some_option = true, level = 3 }\n', ""),
+    "no providers": (_replace('[[providers]]\nname = "cpu"\noptions = { use_arena = true }\n', ""),
                      "missing [[providers]]"),
     "unknown provider": (_replace('name = "cpu"', 'name = "gpu"'), "unknown execution provider 'gpu'"),
     "unknown meter": (_replace('"rapl", "estimate"', '"rapl", "ina"'), "unknown power meter 'ina'"),
@@ -182,7 +182,7 @@ BAD = {
     "text carbon": (_replace("120.5", '"lots"'), "carbon.intensity_g_per_kwh must be a number"),
     "bad round_to": (_replace("round_to = 4", "round_to = 0"), "round_to must be an integer >= 1"),
     "bad arch": (_replace('arch = "amd64"', 'arch = "sparc"'), "unknown requires.arch 'sparc'"),
-    "nested option": (_replace("level = 3", "level = { a = 1 }"), "option 'level' in [[providers]] #1"),
+    "nested option": (_replace("use_arena = true", "use_arena = { a = 1 }"), "option 'use_arena' in [[providers]] #1"),
 }
 
 

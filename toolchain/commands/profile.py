@@ -7,6 +7,41 @@ import click
 from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.energy import METERS
 
+# The same maxima as toolchain.profile.run (MAX_REPEATS, ...; a test keeps them equal), repeated here so
+# that building the CLI does not import numpy.
+MAX_REPEATS = 1000
+MAX_WINDOW_S = 600.0
+MAX_IDLE_S = 600.0
+MAX_WARMUP = 100_000
+MAX_PROFILE_RUNS = 10_000
+MAX_BATCH = 65_536
+MAX_SEQ_LEN = 65_536
+MAX_WATTS = 100_000.0
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan (which compares false with both bounds and so passes FloatRange)."""
+
+    name = "float range"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+def check_threads_option(ctx, param, value):
+    """Click callback of --threads: at most this machine's cores (os.cpu_count()), one line otherwise."""
+    from toolchain.runtime.session import max_threads
+
+    if value is not None and value > max_threads():
+        raise click.BadParameter(f"{value} is more than this machine's {max_threads()} CPU cores "
+                                 f"(use at most {max_threads()})")
+    return value
+
 
 def measure_options(f):
     """Options shared by `profile` and `compare`: the meter, the windows, the inputs."""
@@ -14,25 +49,26 @@ def measure_options(f):
         click.option("--meter", type=click.Choice(list(METERS)),
                      help="Power meter (default: the target's). `estimate` is a model, not a measurement, "
                           "and every figure it produces is labelled estimated."),
-        click.option("--watts", type=click.FloatRange(0, min_open=True),
+        click.option("--watts", type=FiniteFloatRange(0, MAX_WATTS, min_open=True),
                      help="With --meter estimate: the device's power draw in watts (else CPU time x per-core watts "
-                          "from a TDP table)."),
-        click.option("--watts-per-core", type=click.FloatRange(0, min_open=True),
+                          "from a TDP table; at most 100000)."),
+        click.option("--watts-per-core", type=FiniteFloatRange(0, MAX_WATTS, min_open=True),
                      help="With --meter estimate: watts per busy core, instead of the TDP table's figure."),
         click.option("--data", metavar="DATA", help="Inputs to run: the first --batch samples of an .npz, image folder, "
                      ".txt file or builtin:mnist / builtin:drugreviews (default: synthetic inputs of the exported shapes)."),
-        click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size of one inference."),
-        click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length for text models."),
-        click.option("--repeats", type=click.IntRange(2), default=5, show_default=True,
+        click.option("--batch", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True, help="Batch size of one inference."),
+        click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=128, show_default=True, help="Token length for text models."),
+        click.option("--repeats", type=click.IntRange(2, MAX_REPEATS), default=5, show_default=True,
                      help="Measured windows per model (mean, sd and 95% interval are over these)."),
-        click.option("--window", "window_s", type=click.FloatRange(0.05), default=1.0, show_default=True,
+        click.option("--window", "window_s", type=FiniteFloatRange(0.05, MAX_WINDOW_S), default=1.0, show_default=True,
                      help="Seconds per window (at least ten times the meter's update interval)."),
-        click.option("--idle", "idle_s", type=click.FloatRange(0), help="Seconds of idle baseline before measuring "
+        click.option("--idle", "idle_s", type=FiniteFloatRange(0, MAX_IDLE_S), help="Seconds of idle baseline before measuring "
                      "(default: the target's; 0 turns it off, and net equals gross)."),
-        click.option("--warmup", type=click.IntRange(0), default=5, show_default=True, help="Untimed calls first."),
-        click.option("--profile-runs", type=click.IntRange(1), default=20, show_default=True,
+        click.option("--warmup", type=click.IntRange(0, MAX_WARMUP), default=5, show_default=True, help="Untimed calls first."),
+        click.option("--profile-runs", type=click.IntRange(1, MAX_PROFILE_RUNS), default=20, show_default=True,
                      help="Runs of the separate ORT-profiler pass that splits time per layer."),
-        click.option("--threads", type=click.IntRange(1), help="Intra-op threads (default: the target's, else ORT's)."),
+        click.option("--threads", type=click.IntRange(1), callback=check_threads_option,
+                     help="Intra-op threads, at most this machine's cores (default: the target's, else ORT's)."),
     ]
     for option in reversed(options):
         f = option(f)

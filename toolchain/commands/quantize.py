@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from toolchain.commands.common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.profile import FiniteFloatRange
+
+MAX_RUNS = 10_000  # timed runs per model and batch size
 
 
 def _floats(text: str | None) -> tuple[float, ...] | None:
@@ -58,12 +61,13 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on CPUs without VNNI).")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--max-accuracy-drop", type=click.FloatRange(0), help="Accuracy budget in points (top-1 disagreement "
+@click.option("--max-accuracy-drop", type=FiniteFloatRange(0, 100), help="Accuracy budget in points (top-1 disagreement "
               "without labels); beyond it, the most sensitive nodes are kept in FP32, a group at a time. Default 1.")
-@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Budget for models without classes (embeddings): "
+@click.option("--min-cosine", type=FiniteFloatRange(0, 1), help="Budget for models without classes (embeddings): "
               "cosine of the outputs against FP32, guarded like --max-accuracy-drop. Default 0.99.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to time FP32 against INT8.")
-@click.option("--runs", type=click.IntRange(3), default=20, show_default=True, help="Timed runs per model and batch size.")
+@click.option("--runs", type=click.IntRange(3, MAX_RUNS), default=20, show_default=True,
+              help="Timed runs per model and batch size.")
 @click.option("--provider", "providers", multiple=True, help="Execution provider(s) to time on (default: the target's, "
               "else cpu).")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")

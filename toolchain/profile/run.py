@@ -6,6 +6,7 @@ Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call the
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,31 @@ from toolchain.energy import Meter, MeterOptions, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import attribute
 from toolchain.profile.measure import Measurement, measure
+
+# Sane maxima of the measuring options (the commands' Click ranges use the same figures): a run is a few
+# minutes at most, and a typo (--idle 1e9, --repeats 10000000) is an error, not a process that never ends.
+MAX_REPEATS = 1000
+MAX_WINDOW_S = 600.0
+MIN_WINDOW_S = 0.05
+MAX_IDLE_S = 600.0
+MAX_WARMUP = 100_000
+MAX_PROFILE_RUNS = 10_000
+MAX_BATCH = 65_536
+MAX_SEQ_LEN = 65_536
+MAX_WATTS = 100_000.0  # --watts / --watts-per-core of the estimate meter
+
+
+def _check_int(value, name: str, api: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ToolchainError(f"{option(name, api)} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _check_float(value, name: str, api: str, low: float, high: float, *, open_low: bool = False) -> None:
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+          and (value > low if open_low else value >= low) and value <= high)
+    if not ok:
+        raise ToolchainError(f"{option(name, api)} must be a finite number {'>' if open_low else '>='} {low:g} "
+                             f"and <= {high:g}, not {value!r}")
 
 
 @dataclass
@@ -39,6 +65,27 @@ class ProfileOptions:
     batch: int = 1
     data: str | None = None
     seq_len: int = 128
+
+    def __post_init__(self) -> None:
+        """Every count and duration within its sane range (one-line :class:`ToolchainError` otherwise), and
+        ``threads`` at most this machine's cores (:func:`toolchain.runtime.session.check_threads`)."""
+        from toolchain.runtime.session import check_threads
+
+        _check_int(self.repeats, "--repeats", "repeats", 2, MAX_REPEATS)
+        _check_float(self.window_s, "--window", "window_s", MIN_WINDOW_S, MAX_WINDOW_S)
+        _check_int(self.warmup, "--warmup", "warmup", 0, MAX_WARMUP)
+        if self.idle_s is not None:
+            _check_float(self.idle_s, "--idle", "idle_s", 0, MAX_IDLE_S)
+        _check_int(self.profile_runs, "--profile-runs", "profile_runs", 1, MAX_PROFILE_RUNS)
+        _check_int(self.batch, "--batch", "batch", 1, MAX_BATCH)
+        _check_int(self.seq_len, "--seq-len", "seq_len", 1, MAX_SEQ_LEN)
+        if self.threads is not None:
+            _check_int(self.threads, "--threads", "threads", 0, 1 << 30)
+            check_threads(self.threads, option("--threads", "threads"))
+        for name, api in (("--watts", "watts"), ("--watts-per-core", "watts_per_core")):
+            value = getattr(self.meter_options, api, None)
+            if value is not None:
+                _check_float(value, name, f"meter_options.{api}", 0, MAX_WATTS, open_low=True)
 
 
 def make_feeds(model_path: str | Path, options: ProfileOptions) -> tuple[dict[str, np.ndarray], str]:

@@ -41,6 +41,28 @@ def provider_name(name: str) -> str:
     return full
 
 
+def max_threads() -> int:
+    """The most intra-op threads a session may get here: this machine's logical cores (``os.cpu_count()``).
+    More threads than cores only oversubscribe the CPU; a huge count (100000) made ONNX Runtime create
+    thousands of threads and gigabytes of stacks before it failed."""
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: Any, where: str = "threads") -> int | None:
+    """``threads`` checked against this machine: None or 0 (ONNX Runtime's default) or 1..:func:`max_threads`.
+    Anything else raises a one-line :class:`ToolchainError` naming ``where`` and the limit."""
+    if threads is None:
+        return None
+    limit = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ToolchainError(f"{where} must be a whole number from 1 to {limit} (0 or none: ONNX Runtime's "
+                             f"default), not {threads!r}")
+    if threads > limit:
+        raise ToolchainError(f"{where} = {threads} is more than this machine's {limit} CPU cores",
+                             hint=f"use at most {limit}, or 0 for ONNX Runtime's default")
+    return threads
+
+
 def create_session(model: str | os.PathLike | bytes, providers: list[str] | None = None, *,
                    threads: int | None = None, optimization: str = "all",
                    profile_prefix: str | None = None, optimized_model_path: str | None = None,
@@ -48,7 +70,9 @@ def create_session(model: str | os.PathLike | bytes, providers: list[str] | None
                    session_config: dict[str, str] | None = None) -> ort.InferenceSession:
     """An ``InferenceSession`` on ``providers`` (default CPU). ``optimization`` is ``disable``, ``basic``,
     ``extended`` or ``all``. Raises :class:`ToolchainError` for a missing or corrupt model, and when a
-    requested provider is not actually used (onnxruntime silently falls back to CPU otherwise)."""
+    requested provider is not actually used (onnxruntime silently falls back to CPU otherwise), and for
+    a thread count above this machine's cores (:func:`check_threads`: the last line of defence)."""
+    threads = check_threads(threads)
     import onnxruntime as ort
 
     names = [provider_name(p) for p in (providers or ["cpu"])]

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import functools
 
+from toolchain.core.errors import ToolchainError
 from toolchain.core.host import HOST_KINDS, host_arch, host_cpu_flags, host_kind
 from toolchain.energy.base import MeterStatus
-from toolchain.runtime.session import ProviderStatus
+from toolchain.runtime.session import ProviderStatus, check_threads
 from toolchain.targets.target import FIX_GPU_ON_ARM64, PROVIDER_FIXES, Target
 
 
@@ -42,11 +43,25 @@ def _providers_problem(target: Target, statuses: list[ProviderStatus], arch: str
     return "; ".join(parts) or None
 
 
+def threads_problem(target: Target) -> str | None:
+    """One line when the target asks for more threads than this machine has cores (its session's
+    ``intra_op_threads``, or a provider's ``num_of_threads`` option); None when it does not."""
+    counts = [("session.intra_op_threads", target.threads)]
+    counts += [(f"option num_of_threads of {p.short}", p.options["num_of_threads"]) for p in target.providers
+               if isinstance(p.options.get("num_of_threads"), int) and not isinstance(p.options["num_of_threads"], bool)]
+    for where, count in counts:
+        try:
+            check_threads(count, where)
+        except ToolchainError as exc:
+            return str(exc)
+    return None
+
+
 def usable(target: Target, *, statuses: list[ProviderStatus] | None = None, arch: str | None = None,
            cpu_flags: set[str] | None = None) -> tuple[bool, str]:
     """Can ``target`` run on this machine? ``(True, "")``, or ``(False, reason)`` where the reason is one
-    line naming what is missing and how to fix it. Checks the architecture, the required CPU flags and
-    that every execution provider really runs a session here (``runtime.provider_statuses``, cached).
+    line naming what is missing and how to fix it. Checks the architecture, the required CPU flags, that
+    its thread counts do not exceed this machine's cores, and that every execution provider really runs a session here (``runtime.provider_statuses``, cached).
     Power meters are not checked (see :func:`meter_statuses`). The keyword arguments stand in for this
     machine in tests."""
     arch = arch or host_arch()
@@ -60,6 +75,9 @@ def usable(target: Target, *, statuses: list[ProviderStatus] | None = None, arch
         missing = [f for f in target.requires_cpu_flags if f not in flags]
         if missing:
             return False, f"this CPU lacks {', '.join(missing)}"
+    problem = threads_problem(target)
+    if problem:
+        return False, problem
     if statuses is None:
         try:
             statuses = list(_cached_provider_statuses())

@@ -12,6 +12,7 @@ a file reads :data:`toolchain.targets.presets.PRESETS` to check the preset name.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,52 @@ _TABLE_KEYS = {
     "carbon": {"intensity_g_per_kwh", "source"},
 }
 _PROVIDER_KEYS = {"name", "options"}
+
+# Sane ranges of the numbers in a target file (documented in targets/README.md). Every number must also be
+# finite: TOML has nan and inf, which would reach costs.json (invalid JSON) or overflow a timer.
+ROUND_TO_RANGE = (1, 1024)                # channel multiple for pruning
+THREADS_RANGE = (0, 1024)                 # session.intra_op_threads; usable() also holds it to this host's cores
+IDLE_SECONDS_RANGE = (0.0, 600.0)         # meter.idle_seconds, inclusive
+INTENSITY_RANGE = (0.0, 5000.0)           # carbon.intensity_g_per_kwh, exclusive at both ends (gCO2e/kWh)
+
+# The provider options each execution provider accepts, from ONNX Runtime's documentation of it
+# (onnxruntime.ai/docs/execution-providers). ONNX Runtime ignores a misspelt option silently, so an option
+# not listed here is an error. Providers without an entry pass their options through unchecked.
+PROVIDER_OPTIONS: dict[str, frozenset[str]] = {
+    "CPUExecutionProvider": frozenset({"use_arena"}),
+    "CUDAExecutionProvider": frozenset({
+        "device_id", "user_compute_stream", "has_user_compute_stream", "do_copy_in_default_stream",
+        "use_ep_level_unified_stream", "gpu_mem_limit", "arena_extend_strategy", "cudnn_conv_algo_search",
+        "cudnn_conv_use_max_workspace", "cudnn_conv1d_pad_to_nc1d", "enable_cuda_graph",
+        "enable_skip_layer_norm_strict_mode", "prefer_nhwc", "use_tf32", "sdpa_kernel", "fuse_conv_bias",
+        "tunable_op_enable", "tunable_op_tuning_enable", "tunable_op_max_tuning_duration_ms",
+        "gpu_external_alloc", "gpu_external_free", "gpu_external_empty_cache"}),
+    "TensorrtExecutionProvider": frozenset({
+        "device_id", "user_compute_stream", "has_user_compute_stream", "trt_max_workspace_size",
+        "trt_max_partition_iterations", "trt_min_subgraph_size", "trt_fp16_enable", "trt_bf16_enable",
+        "trt_int8_enable", "trt_int8_calibration_table_name", "trt_int8_use_native_calibration_table",
+        "trt_dla_enable", "trt_dla_core", "trt_dump_subgraphs", "trt_engine_cache_enable", "trt_engine_cache_path",
+        "trt_engine_cache_prefix", "trt_engine_decryption_enable", "trt_engine_decryption_lib_path",
+        "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
+        "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache", "trt_detailed_build_log",
+        "trt_build_heuristics_enable", "trt_sparsity_enable", "trt_builder_optimization_level",
+        "trt_auxiliary_streams", "trt_tactic_sources", "trt_extra_plugin_lib_paths", "trt_profile_min_shapes",
+        "trt_profile_max_shapes", "trt_profile_opt_shapes", "trt_cuda_graph_enable", "trt_dump_ep_context_model",
+        "trt_ep_context_file_path", "trt_ep_context_embed_mode", "trt_weight_stripped_engine_enable",
+        "trt_onnx_model_folder_path", "trt_engine_hw_compatible", "trt_op_types_to_exclude"}),
+    "OpenVINOExecutionProvider": frozenset({
+        "device_type", "device_id", "precision", "num_of_threads", "num_streams", "cache_dir", "context",
+        "enable_opencl_throttling", "enable_qdq_optimizer", "disable_dynamic_shapes", "enable_dynamic_shapes",
+        "model_priority", "load_config", "enable_npu_fast_compile", "enable_causallm", "device_luid",
+        "reshape_input", "layout"}),
+}
+# Numeric provider options with a range of their own (inclusive); thread counts are also held to this
+# host's cores when the target is checked for use here. Other numbers need only be finite.
+_OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "device_id": (0, 255), "num_of_threads": (0, 1024), "num_streams": (1, 1024), "trt_dla_core": (0, 255),
+    "trt_builder_optimization_level": (0, 5), "trt_auxiliary_streams": (-1, 1024),
+    "trt_max_partition_iterations": (1, 1_000_000), "trt_min_subgraph_size": (1, 1_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -212,26 +259,56 @@ def _string(path: Path, value: Any, where: str, *, required: bool = True, defaul
     return value
 
 
-def _number(path: Path, value: Any, where: str, *, positive: bool, default: float | None = None) -> float:
+def _number(path: Path, value: Any, where: str, *, bounds: tuple[float, float], open_low: bool = False,
+            open_high: bool = False, default: float | None = None) -> float:
+    """A finite number within ``bounds`` (inclusive unless ``open_low`` / ``open_high``)."""
     if value is None:
         if default is None:
             raise _fail(path, f"missing required key {where}")
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(path, f"{where} must be a number, not {value!r}")
-    if positive and value <= 0:
-        raise _fail(path, f"{where} must be positive, not {value!r}")
-    if value < 0:
-        raise _fail(path, f"{where} must not be negative, not {value!r}")
+    low, high = bounds
+    upper = f"{'<' if open_high else '<='} {high:g}"
+    if not math.isfinite(value):
+        raise _fail(path, f"{where} must be a finite number, not {value!r}")
+    if value <= low if open_low else value < low:
+        lower = ("must be positive" if open_low else "must not be negative") if low == 0 else \
+            f"must be {'>' if open_low else '>='} {low:g}"
+        raise _fail(path, f"{where} {lower} (and {upper}), not {value!r}")
+    if value >= high if open_high else value > high:
+        raise _fail(path, f"{where} must be {upper}, not {value!r}")
     return float(value)
 
 
-def _integer(path: Path, value: Any, where: str, *, minimum: int, default: int) -> int:
+def _integer(path: Path, value: Any, where: str, *, bounds: tuple[int, int], default: int) -> int:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(path, f"{where} must be an integer >= {minimum}, not {value!r}")
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(path, f"{where} must be an integer >= {low} and <= {high}, not {value!r}")
     return value
+
+
+def _provider_options(path: Path, full: str, options: dict, where: str) -> dict[str, Any]:
+    """The options of one [[providers]] block: names the provider accepts (:data:`PROVIDER_OPTIONS`),
+    values that are strings, booleans or finite numbers within the option's range."""
+    known = PROVIDER_OPTIONS.get(full)
+    for key, value in options.items():
+        if isinstance(value, dict | list) or value is None:
+            raise _fail(path, f"option {key!r} in {where} must be a string, number or boolean, not {value!r}")
+        if known is not None and key not in known:
+            raise _fail(path, f"unknown option {key!r} in {where} ({full})",
+                        hint=f"{full} accepts {', '.join(sorted(known))}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            raise _fail(path, f"option {key!r} in {where} must be a finite number, not {value!r}")
+        if key in _OPTION_RANGES:
+            low, high = _OPTION_RANGES[key]
+            if not low <= value <= high:
+                raise _fail(path, f"option {key!r} in {where} must be from {low} to {high}, not {value!r}")
+    return dict(options)
 
 
 def _strings(path: Path, value: Any, where: str) -> tuple[str, ...]:
@@ -251,7 +328,7 @@ def _parse(data: dict, path: Path) -> Target:
     presets = _preset_names()
     if preset not in presets:
         raise _fail(path, f"unknown quantization_preset {preset!r}", hint=f"choose one of {', '.join(presets)}")
-    round_to = _integer(path, data.get("round_to"), "round_to", minimum=1, default=8)
+    round_to = _integer(path, data.get("round_to"), "round_to", bounds=ROUND_TO_RANGE, default=8)
 
     requires = _table(path, data, "requires", required=False)
     arch = requires.get("arch")
@@ -263,7 +340,8 @@ def _parse(data: dict, path: Path) -> Target:
     flags = tuple(f.lower() for f in _strings(path, requires.get("cpu_flags", []), "requires.cpu_flags"))
 
     session = _table(path, data, "session", required=False)
-    threads = _integer(path, session.get("intra_op_threads"), "session.intra_op_threads", minimum=0, default=0)
+    threads = _integer(path, session.get("intra_op_threads"), "session.intra_op_threads", bounds=THREADS_RANGE,
+                       default=0)
 
     raw_providers = data.get("providers")
     if raw_providers is None:
@@ -284,10 +362,7 @@ def _parse(data: dict, path: Path) -> Target:
         options = entry.get("options", {})
         if not isinstance(options, dict):
             raise _fail(path, f"options in {where} must be a table, not {options!r}")
-        for key, value in options.items():
-            if isinstance(value, dict | list) or value is None:
-                raise _fail(path, f"option {key!r} in {where} must be a string, number or boolean, not {value!r}")
-        providers.append(ProviderSpec(full, dict(options)))
+        providers.append(ProviderSpec(full, _provider_options(path, full, options, where)))
 
     meter = _table(path, data, "meter", required=True)
     if "names" not in meter:
@@ -298,10 +373,11 @@ def _parse(data: dict, path: Path) -> Target:
     for m in meters:
         if m not in METERS:
             raise _fail(path, f"unknown power meter {m!r} in meter.names", hint=f"choose from {', '.join(METERS)}")
-    idle = _number(path, meter.get("idle_seconds"), "meter.idle_seconds", positive=False, default=2.0)
+    idle = _number(path, meter.get("idle_seconds"), "meter.idle_seconds", bounds=IDLE_SECONDS_RANGE, default=2.0)
 
     carbon = _table(path, data, "carbon", required=True)
-    intensity = _number(path, carbon.get("intensity_g_per_kwh"), "carbon.intensity_g_per_kwh", positive=True)
+    intensity = _number(path, carbon.get("intensity_g_per_kwh"), "carbon.intensity_g_per_kwh",
+                        bounds=INTENSITY_RANGE, open_low=True, open_high=True)
     source = _string(path, carbon.get("source"), "carbon.source", required=False)
 
     return Target(name=name, description=description, path=path.resolve(), providers=tuple(providers),
