@@ -6,6 +6,7 @@ each command module imports its library code inside the command body.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -48,6 +49,12 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:  # the root's own options: `toolchain --bogus`
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -60,12 +67,59 @@ class LazyGroup(click.Group):
 
             sys.stderr.close()
             os._exit(141)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except click.UsageError as exc:  # a subcommand's options or arguments, or a command's BadParameter
+            _usage_error(exc)
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code, ctx)
         except Exception as exc:  # an unexpected failure: still one line unless -v asks for the traceback
+            disk = disk_error_message(exc)
+            if disk:
+                _fail(disk, 2, ctx)
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, ctx)
+
+
+# errno values that mean the file system, not the tool, refused a write; reported as one-line user errors
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def disk_error_message(exc: BaseException) -> str | None:
+    """The one-line message for a full disk, an exceeded quota, a read-only file system or a denied
+    permission anywhere in ``exc``'s chain of causes (libraries wrap OSErrors), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            if exc.errno in _DISK_FULL:
+                what = "disk quota exceeded" if exc.errno == getattr(errno, "EDQUOT", None) else "no space left on device"
+                return f"{what}{where} (free some space, or write elsewhere)"
+            if exc.errno == errno.EROFS:
+                return f"read-only file system{where}"
+            if exc.errno in _NOT_WRITABLE and exc.filename:  # reading or writing: name the file, not the act
+                return f"{_NOT_WRITABLE[exc.errno]}: {exc.filename}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    """Click's usage errors as the one `error:` line the README promises (Click prints three), exit 2.
+    Running a group with no command still prints its help."""
+    if isinstance(exc, _NO_ARGS_IS_HELP):
+        raise exc
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if len(message) > 1 and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]
+    path = exc.ctx.command_path if exc.ctx else "toolchain"
+    click.echo(f"error: {message or 'bad usage'} (see '{path} --help')", err=True)
+    raise click.exceptions.Exit(exc.exit_code if exc.exit_code else 2)
 
 
 def _fail(message: str, code: int, ctx: click.Context) -> None:

@@ -66,9 +66,9 @@ def load_for_inputs(spec: str, inputs: list[ModelInput], meta: dict[str, str], o
                              hint="data is an .npz, an image folder, a .txt file, builtin:mnist, builtin:drugreviews or random")
     elif path.is_dir():
         ds = read_image_folder(path, inputs, meta, opts)
-    elif path.suffix == ".npz":
+    elif path.suffix.lower() == ".npz":
         ds = read_npz(path, opts)
-    elif path.suffix in (".txt", ".text"):
+    elif path.suffix.lower() in (".txt", ".text"):
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
         ds = tokenize(lines, inputs, meta, opts, str(path))
     else:

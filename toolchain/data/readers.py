@@ -32,6 +32,8 @@ DRUG_REVIEW_CLASSES = ("negative", "neutral", "positive")
 
 
 def read_npz(path: Path, opts: DataOptions) -> Dataset:
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it, and blame pickles
+        raise ToolchainError(f"{path}: not a readable .npz file (not a zip archive of .npy arrays; np.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -40,10 +42,29 @@ def read_npz(path: Path, opts: DataOptions) -> Dataset:
     except Exception as exc:
         raise ToolchainError(f"{path}: not a readable .npz file ({one_line(exc)})") from None
     labels = arrays.pop("labels", None)
+    for name, arr in arrays.items():
+        if arr.ndim == 0:
+            raise ToolchainError(f"{path}: array {name!r} is a scalar; every array needs a leading sample axis")
     lengths = {len(v) for v in arrays.values()}
     if len(lengths) > 1:
         raise ToolchainError(f"{path}: arrays have different numbers of samples {sorted(lengths)}")
-    return Dataset(str(path), arrays, None if labels is None else labels.astype(np.int64))
+    samples = next(iter(lengths)) if lengths else 0
+    return Dataset(str(path), arrays, None if labels is None else check_labels(labels, samples, str(path)))
+
+
+def check_labels(labels: np.ndarray, samples: int, source: str) -> np.ndarray:
+    """``labels`` as int64 class indices, one per sample; a clear error when they are not."""
+    if labels.ndim != 1:
+        raise ToolchainError(f"{source}: labels have shape {list(labels.shape)}; they must be one class index per sample")
+    if len(labels) != samples:
+        raise ToolchainError(f"{source}: {len(labels)} labels for {samples} samples; they must be one class index per sample")
+    integral = labels.dtype.kind in "biu" or (
+        labels.dtype.kind == "f" and bool(np.isfinite(labels).all()) and bool((labels == np.round(labels)).all()))
+    if not integral:
+        raise ToolchainError(f"{source}: labels are {labels.dtype.name}; they must be integer class indices")
+    if labels.size and labels.min() < 0:
+        raise ToolchainError(f"{source}: label {labels.min()} is negative; labels must be class indices from 0")
+    return labels.astype(np.int64)
 
 
 def image_input(inputs: list[ModelInput], source: str) -> ModelInput:
@@ -81,7 +102,7 @@ def read_image_folder(folder: Path, inputs: list[ModelInput], meta: dict[str, st
             with Image.open(f) as img:
                 img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ToolchainError(f"{f}: not a readable image ({one_line(exc)})") from None
         arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
     x = np.stack(arrays)

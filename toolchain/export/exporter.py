@@ -16,6 +16,7 @@ Runtime, and only then moved into place.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -185,10 +186,30 @@ def _run_exporter(wrapper, args: tuple, model: LoadedModel, path: Path, opts: Ex
     except ToolchainError:
         raise
     except Exception as exc:
+        disk = _disk_error(exc)
+        if disk is not None:  # a full disk is not the exporter's fault: the CLI reports it as such
+            raise disk from None
         other = "torchscript" if opts.exporter == "dynamo" else "dynamo"
         cause = exc.__cause__ or exc
         raise ToolchainError(f"the {opts.exporter} exporter cannot export {model.source}: {_one_line(cause)}",
                              hint=f"try {option(f'--exporter {other}', f'exporter={other!r}')}") from None
+
+
+# errno values that say the file system refused the write (full, over quota, read-only, not permitted)
+_DISK_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM}  # only with a file name: otherwise it may not be about a file
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The OSError in ``exc``'s chain of causes (the exporters wrap them) that says the write failed for
+    lack of space or permission, else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and (exc.errno in _DISK_ERRNOS or (exc.errno in _DENIED_ERRNOS and exc.filename)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool):
