@@ -15,6 +15,10 @@ A :class:`Meter` measures windows: ``token = meter.begin()``, run the workload, 
 ends; sampling meters (NVML power, Jetson rails) sample power on a background thread between ``begin``
 and ``end`` and integrate it. ``min_window_s`` is the shortest window the meter resolves (its update
 interval); a window too short for it raises :class:`WindowTooShortError`, it never reads as zero.
+No meter returns a zero or negative window either: a negative sample is a meter fault
+(``MeterUnavailableError``), a device that reads 0 window after window is unavailable, a counter that
+went backwards by more than a wraparound explains raises :class:`CounterResetError` (measure again),
+and a meter error after ``open`` (files gone, NVML failing) is a ``MeterUnavailableError`` too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from types import ModuleType
 
 from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy import estimate, jetson, nvml, rapl
-from toolchain.energy.base import EnergyReading, Meter, MeterOptions, MeterStatus, WindowTooShortError
+from toolchain.energy.base import (
+    CounterResetError,
+    EnergyReading,
+    Meter,
+    MeterOptions,
+    MeterStatus,
+    WindowTooShortError,
+)
 
 # name -> meter module, in order of preference where a target names several
 METERS: dict[str, ModuleType] = {"rapl": rapl, "nvml": nvml, "jetson": jetson, "estimate": estimate}
@@ -41,5 +52,5 @@ def probe_all() -> list[MeterStatus]:
     return [module.probe() for module in METERS.values()]
 
 
-__all__ = ["METERS", "EnergyReading", "Meter", "MeterOptions", "MeterStatus", "WindowTooShortError", "open_meter",
+__all__ = ["METERS", "CounterResetError", "EnergyReading", "Meter", "MeterOptions", "MeterStatus", "WindowTooShortError", "open_meter",
            "probe_all"]

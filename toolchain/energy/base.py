@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import MeterUnavailableError, ToolchainError
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class EnergyReading:
 
 class WindowTooShortError(ToolchainError):
     """The meter's counter did not advance (or too few samples were taken) within the window."""
+
+
+class CounterResetError(MeterUnavailableError):
+    """A cumulative energy counter went backwards by more than a wraparound can explain (driver reload,
+    counter reset): the window's figure is lost, but a new window measured after it is valid."""
 
 
 @runtime_checkable

@@ -6,6 +6,11 @@ meter samples every rail on a background thread (every ``sample_interval_s``) an
 (trapezoid rule). The window's total is the ``VDD_IN`` rail when the board has one (the whole board's
 input, which the other rails are parts of), otherwise the sum of the rails. Channels labelled ``NC``
 (not connected) are skipped. JetPack 4's ``ina3221x`` iio files (``in_power0_input``) are not read.
+
+No window reads as zero or less: a negative voltage or current is a meter fault and raises
+``MeterUnavailableError`` naming the rail; a window whose total is 0 J raises :class:`WindowTooShortError`,
+and ``MeterUnavailableError`` when :data:`~toolchain.energy.nvml.ZERO_WINDOWS` windows in a row read 0.
+Rail files that vanish mid-run (driver unbound) raise ``MeterUnavailableError``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
 from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
-from toolchain.energy.nvml import MIN_SAMPLES, PowerSampler
+from toolchain.energy.nvml import MIN_SAMPLES, ZERO_WINDOWS, PowerSampler
 
 I2C_DRIVERS = Path("/sys/bus/i2c/drivers")
 BOARD_RAIL = "VDD_IN"
@@ -72,6 +77,7 @@ class JetsonMeter:
         self.rails, self._interval = found, sample_interval_s
         self.min_window_s = (MIN_SAMPLES - 1) * sample_interval_s
         self._board = any(r.label == BOARD_RAIL for r in found)
+        self._zero_windows = 0
         total = BOARD_RAIL if self._board else "sum of rails"
         self.source = (f"Jetson INA3221 rails sampled every {sample_interval_s * 1000:g} ms: "
                        + ", ".join(f"{r.label} ({r.volts.parent})" for r in found) + f"; total = {total}")
@@ -82,15 +88,25 @@ class JetsonMeter:
         watts = {}
         for rail in self.rails:
             try:
-                watts[rail.label] = read_value(rail.volts) * read_value(rail.amps) / 1e6
+                mv, ma = read_value(rail.volts), read_value(rail.amps)
             except PermissionError as exc:
                 raise MeterUnavailableError(
                     f"{rail.volts.parent} is not readable",
                     hint=f"grant read access: `sudo chmod a+r {rail.volts.parent}/*`") from exc
+            except FileNotFoundError as exc:
+                raise MeterUnavailableError(
+                    f"the Jetson rail {rail.label}'s files vanished ({exc.filename or rail.volts}): the ina3221 "
+                    "driver was unbound or reloaded", hint=f"check `ls {rail.volts.parent}`, then measure again") from exc
             except (OSError, ValueError) as exc:
                 raise MeterUnavailableError(
                     f"{rail.volts} or {rail.amps} is unreadable ({exc})",
                     hint=f"check the ina3221 driver: `ls {rail.volts.parent}`") from exc
+            if mv < 0 or ma < 0:
+                raise MeterUnavailableError(
+                    f"the Jetson rail {rail.label} read {mv} mV x {ma} mA ({rail.volts.name}, {rail.amps.name} in "
+                    f"{rail.volts.parent}): negative readings are a power-monitor fault",
+                    hint=f"check the monitor (`cat {rail.amps}` under load), or use the estimate meter")
+            watts[rail.label] = mv * ma / 1e6
         return watts
 
     def begin(self) -> PowerSampler:
@@ -105,6 +121,18 @@ class JetsonMeter:
                 f"(one sample every {self._interval * 1000:g} ms)",
                 hint=f"measure windows of at least {self.min_window_s:g} s")
         total = joules[BOARD_RAIL] if self._board else sum(joules.values())
+        if total <= 0:
+            self._zero_windows += 1
+            which = f"the Jetson rail {BOARD_RAIL}" if self._board else "every Jetson rail (" + ", ".join(
+                r.label for r in self.rails) + ")"
+            what = f"{which} read 0 W in all {samples} samples of the {seconds * 1000:.1f} ms window"
+            if self._zero_windows >= ZERO_WINDOWS:
+                raise MeterUnavailableError(
+                    f"{what}, {self._zero_windows} windows in a row: the power monitor does not report",
+                    hint="check the rail under load (`cat` its currN_input), or use the estimate meter")
+            raise WindowTooShortError(f"{what}: no power was recorded",
+                                      hint=f"measure windows of at least {self.min_window_s:g} s")
+        self._zero_windows = 0
         return EnergyReading(joules, total, seconds, samples)
 
     def close(self) -> None:

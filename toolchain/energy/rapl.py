@@ -7,7 +7,10 @@ at both ends of a window. A window's total is packages + dram: core and uncore a
 and ``psys`` (the whole platform, on some laptops) contains the packages, so those are reported but not
 added. Wraparound: an end value below the start value means the counter wrapped, and
 ``max_energy_range_uj`` is added once; more than one wrap per window cannot be detected (the range is
-usually 262 kJ, about 20 minutes of one socket at 200 W, far longer than a profiled window).
+usually 262 kJ, about 20 minutes of one socket at 200 W, far longer than a profiled window). A counter
+that goes backwards because it was reset (the ``intel_rapl`` module reloaded) would read as a wrap of
+up to the whole range; a "wrap" whose energy implies more than :data:`MAX_PLAUSIBLE_W` for the window
+(at least :data:`MIN_WINDOW_S` long) is therefore a reset and raises :class:`CounterResetError`.
 The counters update about every 1 ms, so :data:`MIN_WINDOW_S` is 10 ms (one update is <= 10% of it).
 """
 
@@ -18,12 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.errors import MeterUnavailableError
-from toolchain.energy.base import EnergyReading, MeterOptions, MeterStatus, WindowTooShortError
+from toolchain.energy.base import (
+    CounterResetError,
+    EnergyReading,
+    MeterOptions,
+    MeterStatus,
+    WindowTooShortError,
+)
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 GRANT_READ = ("grant read access as root: `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj "
               "/sys/class/powercap/intel-rapl:*/*/energy_uj` (or a udev rule to keep it across reboots)")
 MIN_WINDOW_S = 0.01
+MAX_PLAUSIBLE_W = 10_000.0  # per RAPL domain: far above any socket or DIMM set, far below a 262 kJ reset
+RELOAD_HINT = ("if the powercap driver was reloaded (`sudo modprobe intel_rapl_common`), its files are back "
+               "once it is loaded; then measure again")
 
 
 def zones(root: Path = POWERCAP_ROOT) -> list[Path]:
@@ -43,6 +55,9 @@ def _read(path: Path) -> int:
         return read_counter(path)
     except PermissionError as exc:
         raise MeterUnavailableError(f"{path} is readable by root only", hint=GRANT_READ) from exc
+    except FileNotFoundError as exc:
+        raise MeterUnavailableError(f"the RAPL counter {path} vanished (the intel_rapl module was unloaded?)",
+                                    hint=RELOAD_HINT) from exc
     except (OSError, ValueError) as exc:
         raise MeterUnavailableError(f"{path} is unreadable ({exc})", hint=GRANT_READ) from exc
 
@@ -102,16 +117,30 @@ class RaplMeter:
         assert isinstance(token, _Window), "end() takes the token begin() returned"
         after = self._counters()
         seconds = time.perf_counter() - token.start
-        joules = {}
-        for d in self.domains:
-            delta = after[d.name] - token.counters[d.name]
-            joules[d.name] = (delta + d.max_uj if delta < 0 else delta) / 1e6  # one wrap at most
+        joules = {d.name: self._joules(d, token.counters[d.name], after[d.name], seconds) for d in self.domains}
         total = sum(joules[d.name] for d in self.domains if d.in_total)
         if total <= 0:
             raise WindowTooShortError(
                 f"the RAPL counters did not advance in the {seconds * 1000:.2f} ms window (they update about "
                 "every 1 ms)", hint=f"measure windows of at least {MIN_WINDOW_S:g} s")
         return EnergyReading(joules, total, seconds)
+
+    @staticmethod
+    def _joules(d: Domain, before: int, after: int, seconds: float) -> float:
+        """Joules of ``d`` between two counter values: one wrap at most, and only a plausible one."""
+        delta = after - before
+        if delta >= 0:
+            return delta / 1e6
+        wrapped = (delta + d.max_uj) / 1e6
+        watts = wrapped / max(seconds, MIN_WINDOW_S)
+        if wrapped < 0 or watts > MAX_PLAUSIBLE_W:
+            raise CounterResetError(
+                f"the RAPL counter {d.name} ({d.zone / 'energy_uj'}) went back from {before} to {after} uJ in "
+                f"the {seconds * 1000:.1f} ms window: as a wraparound that would be {wrapped:.0f} J "
+                f"({watts:.3g} W, above the {MAX_PLAUSIBLE_W:g} W plausible), so the counter was reset",
+                hint="measure again: a module reload or suspend resets the counters; if it keeps happening, "
+                     "find what reloads intel_rapl")
+        return wrapped
 
     def close(self) -> None:
         """Nothing to release: the counters are plain files read on demand."""

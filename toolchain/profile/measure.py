@@ -3,6 +3,11 @@ enough for the meter's resolution. Each window gives joules per inference and wa
 meter read) and net (minus the idle baseline's power over the same time); per-call latencies are timed
 inside the windows. Comparisons interleave candidates window by window so that drift (thermal, other
 load) hits every candidate alike. The ORT profiler is never on during these windows.
+
+A window that read below the idle baseline has its net energy clamped to 0, with a note saying by how
+much; a candidate whose every window is clamped (on a measured meter) raises :class:`ToolchainError`:
+its net figure would be 0 J, which says only that the idle baseline is unreliable. A window a counter
+reset spoiled (:class:`~toolchain.energy.base.CounterResetError`) is measured again, once.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from dataclasses import asdict, dataclass, field
 
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.stats import Summary
-from toolchain.energy import EnergyReading, Meter, WindowTooShortError
+from toolchain.energy import CounterResetError, EnergyReading, Meter, WindowTooShortError
 from toolchain.runtime.timing import seconds_per_call, time_calls
 
 
 @dataclass(frozen=True)
 class Window:
     """One measured window: ``inferences`` calls in ``seconds``; ``gross_j`` as read, ``net_j`` minus the
-    idle baseline (never below zero)."""
+    idle baseline (never below zero: clamped, with a note in the measurement)."""
 
     inferences: int
     seconds: float
@@ -87,6 +92,7 @@ def idle_baseline(meter: Meter, seconds: float) -> float:
     if seconds <= 0:
         return 0.0
     seconds = max(seconds, 2 * meter.min_window_s)
+    resets = 0
     for attempt in range(3):
         token = meter.begin()
         time.sleep(seconds)
@@ -96,6 +102,10 @@ def idle_baseline(meter: Meter, seconds: float) -> float:
             if attempt == 2:
                 raise
             seconds *= 2
+        except CounterResetError:
+            resets += 1
+            if resets > 1 or attempt == 2:
+                raise
     raise AssertionError("unreachable")
 
 
@@ -103,6 +113,37 @@ def _window(meter: Meter, fn: Callable[[], object], n: int, samples: list[float]
     token = meter.begin()
     time_calls(fn, n, samples)
     return meter.end(token)
+
+
+def _net(reading: EnergyReading, idle_w: float, where: str, notes: list[str]) -> float:
+    """Joules above the idle baseline; a window below idle is clamped to 0 with a note (float noise, a
+    billionth of the idle energy, is clamped without one)."""
+    idle_j = idle_w * reading.seconds
+    net = reading.total_j - idle_j
+    if net >= 0:
+        return net
+    if -net > 1e-9 * idle_j:
+        share = f" ({-net / idle_j:.1%})" if idle_j > 0 else ""
+        notes.append(f"{where} read below idle: {reading.total_j:.4g} J against the idle baseline's {idle_j:.4g} J "
+                     f"({idle_w:.4g} W) over {reading.seconds:.3g} s, {-net:.3g} J{share} below; "
+                     "net energy clamped to 0")
+    return 0.0
+
+
+def _check_not_all_idle(name: str, meter: Meter, windows: list[Window], idle_w: float, idle_s: float) -> None:
+    """A measured candidate whose every window is at or below idle has no energy figure, only a sign that
+    the baseline is wrong (an all-zero cost table would divide by zero downstream)."""
+    if not meter.measured or any(w.net_j > 0 for w in windows):
+        return
+    gross_w = sum(w.gross_j for w in windows) / sum(w.seconds for w in windows)
+    if idle_w <= 0:
+        raise ToolchainError(f"the {meter.name} meter read 0 J in every window of {name} ({meter.source})",
+                             hint="check the meter with `toolchain doctor`, or use another meter")
+    raise ToolchainError(
+        f"every window of {name} read at or below the idle baseline ({gross_w:.4g} W against {idle_w:.4g} W idle, "
+        f"measured over {idle_s:g} s): the idle baseline is unreliable",
+        hint=f"measure a longer idle baseline ({option('--idle SECONDS', 'idle_s=SECONDS')}), or measure on a "
+             "quieter machine")
 
 
 def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeats: int = 5,
@@ -135,17 +176,26 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
         for name, fn in candidates.items():
             if progress:
                 progress(f"{name}: window {r + 1}/{repeats} ({sizes[name]} inferences)")
-            for attempt in range(4):
+            grown = resets = 0
+            while True:
                 try:
                     reading = _window(meter, fn, sizes[name], latencies[name])
                     break
                 except WindowTooShortError as exc:
-                    if attempt == 3:
+                    grown += 1
+                    if grown == 4:
                         raise
                     sizes[name] *= 2
                     notes[name].append(f"window grown to {sizes[name]} inferences: {exc.message}")
-            net = max(reading.total_j - idle_w * reading.seconds, 0.0)
+                except CounterResetError as exc:
+                    resets += 1
+                    if resets == 2:
+                        raise
+                    notes[name].append(f"window {r + 1} measured again: {exc.message}")
+            net = _net(reading, idle_w, f"window {r + 1}/{repeats}", notes[name])
             windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules)))
+    for name in candidates:
+        _check_not_all_idle(name, meter, windows[name], idle_w, idle_s)
     return {name: Measurement(name, meter.name, meter.measured, meter.source, idle_w, idle_s, windows[name],
                               Summary.of_seconds(latencies[name]), batch, notes[name])
             for name in candidates}
