@@ -27,9 +27,10 @@ class ModelInput:
         return f"{self.name} [{', '.join(str(d) for d in self.shape)}] {self.dtype}"
 
 
-def load_graph(onnx_path: str | Path):
+def load_graph(onnx_path: str | Path, *, check_data: bool = True):
     """The ``ModelProto`` of an ONNX file without its external weights; one clear error when the file is
-    missing, corrupt or holds no graph."""
+    missing, corrupt or holds no graph, and (``check_data``) when an external data file it references is
+    missing or too short (:func:`check_external_data`)."""
     import onnx
 
     if not Path(onnx_path).is_file():
@@ -40,7 +41,82 @@ def load_graph(onnx_path: str | Path):
         raise ToolchainError(f"{onnx_path}: not a readable ONNX model ({one_line(exc)})") from None
     if not model.graph.node or not model.opset_import:
         raise ToolchainError(f"{onnx_path}: not an ONNX model (no graph or no opset)")
+    if check_data:
+        check_external_data(onnx_path, model)
     return model
+
+
+def _graph_tensors(graph):
+    """Every ``TensorProto`` of ``graph``: initializers, sparse initializers and node attributes, subgraphs
+    included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)
+
+
+def _tensor_nbytes(tensor) -> int | None:
+    """Bytes of a fixed-size tensor's raw data (dims x element size), None when it cannot be told."""
+    import math
+
+    import onnx
+
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # noqa: BLE001 - unknown or variable-size types: no size to check against
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    numel = math.prod(tensor.dims)
+    return (numel * bits + 7) // 8 if bits else numel * itemsize
+
+
+def check_external_data(onnx_path: str | Path, model=None) -> None:
+    """Fail in one line when a tensor of ``onnx_path`` (``model``: its graph, already loaded without its
+    weights) is stored in an external data file that is missing or shorter than the tensor's
+    ``offset + length`` -- before any session is built, whose error would name a scratch copy instead."""
+    import onnx
+
+    if model is None:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    base = Path(onnx_path).parent
+    sizes: dict[str, int | None] = {}
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        data = base / location
+        if location not in sizes:
+            sizes[location] = data.stat().st_size if location and data.is_file() else None
+        size = sizes[location]
+        if size is None:
+            raise ToolchainError(f"{data}: the external data file of {onnx_path} is missing (tensor {tensor.name!r} "
+                                 "is stored there)", hint="copy it next to the model, or export the model again")
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else _tensor_nbytes(tensor)
+        except ValueError:
+            raise ToolchainError(f"{onnx_path}: tensor {tensor.name!r} has a malformed external-data offset or "
+                                 "length", hint="export the model again") from None
+        if offset < 0 or (length is not None and length < 0):
+            raise ToolchainError(f"{onnx_path}: tensor {tensor.name!r} has a negative external-data offset or "
+                                 "length", hint="export the model again")
+        end = offset + (length or 0)
+        if end > size:
+            raise ToolchainError(f"{data}: the external data file of {onnx_path} is truncated ({size} bytes; tensor "
+                                 f"{tensor.name!r} needs bytes {offset}..{end})",
+                                 hint="copy the whole file again, or export the model again")
 
 
 def model_inputs(onnx_path: str | Path) -> list[ModelInput]:

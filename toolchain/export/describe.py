@@ -20,8 +20,8 @@ def inspect_model(path: str | Path, resolve: list[str] | None = None, include_no
     from toolchain.core.onnxfile import load_graph, read_provenance
     from toolchain.formats.nodemap import NodeModuleMap
 
+    model = load_graph(path)  # first: a missing or truncated external data file is said in one line
     provenance = read_provenance(path)
-    model = load_graph(path)
     try:
         node_map = NodeModuleMap.from_model(model)
     except (ValueError, KeyError, TypeError) as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -299,11 +300,35 @@ class CostTable:
                                  f"{SCHEMA_VERSION}", hint="profile the model again with this toolchain")
         try:
             rows = [LayerCost(**r) for r in data["rows"]]
-            return cls(model=data["model"], target=data["target"], meter=data["meter"],
-                       measurement=data["measurement"], profile=data["profile"], rows=rows,
-                       versions=data["versions"], method=data["method"], created=data["created"])
+            table = cls(model=data["model"], target=data["target"], meter=data["meter"],
+                        measurement=data["measurement"], profile=data["profile"], rows=rows,
+                        versions=data["versions"], method=data["method"], created=data["created"])
         except (KeyError, TypeError) as exc:
             raise ToolchainError(f"{source}: malformed cost table ({exc})") from None
+        table.validate(source)
+        return table
+
+    def validate(self, source: str = "cost table") -> None:
+        """Refuse, in one line, a table whose figures are nonsense: a number in a row, the measurement or
+        the meter that is not finite (NaN, infinity) or is negative (the confidence bounds and the 10th and
+        90th latency percentiles, which can fall below zero, only need to be finite), a row value that is
+        not a number, or a target without a name."""
+        if not isinstance(self.model, dict) or not isinstance(self.target, dict) or not isinstance(self.meter, dict) \
+                or not isinstance(self.measurement, dict):
+            raise ToolchainError(f"{source}: malformed cost table (model, target, meter and measurement must be objects)")
+        name = self.target.get("name")
+        if not isinstance(name, str) or not name:
+            raise ToolchainError(f"{source}: malformed cost table (no target name): it cannot be checked against "
+                                 "a target", hint="profile the model again with `toolchain profile`")
+        for i, row in enumerate(self.rows, 1):
+            for key in _ROW_NUMBERS:
+                value = getattr(row, key)
+                if not _is_number(value):
+                    raise ToolchainError(f"{source}: malformed cost table (row {i} {row.label!r}: {key} is "
+                                         f"{value!r}, not a number)")
+                _check_figure(value, f"row {i} {row.label!r}: {key}", source, signed=False)
+        _check_tree(self.measurement, "measurement", source)
+        _check_tree(self.meter, "meter", source)
 
     @classmethod
     def load(cls, path: str | Path) -> CostTable:
@@ -320,6 +345,38 @@ class CostTable:
 
     def by_module(self) -> dict[str, LayerCost]:
         return {r.module: r for r in self.rows}
+
+
+_ROW_NUMBERS = ("kernels", "latency_ms_mean", "latency_ms_std", "share", "energy_j_mean", "energy_j_std", "macs",
+                "params", "bytes_moved")
+# figures that may be below zero in a sound table: confidence bounds (mean - t * sem) and percentiles
+# (statistics.quantiles extrapolates below the smallest of a few values)
+_SIGNED_KEYS = frozenset({"ci95", "ci95_ms", "p10_ms", "p90_ms"})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_figure(value: float, where: str, source: str, *, signed: bool) -> None:
+    if not math.isfinite(value):
+        raise ToolchainError(f"{source}: {where} is {value}, not a finite number: the cost table is corrupt",
+                             hint="profile the model again with `toolchain profile`")
+    if value < 0 and not signed:
+        raise ToolchainError(f"{source}: {where} is negative ({value:g}): the cost table is corrupt",
+                             hint="profile the model again with `toolchain profile`")
+
+
+def _check_tree(value: Any, where: str, source: str, signed: bool = False) -> None:
+    """Every number in a JSON-like ``value`` finite and (unless ``signed``) non-negative."""
+    if _is_number(value):
+        _check_figure(value, where, source, signed=signed)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_tree(item, f"{where}.{key}", source, signed or key in _SIGNED_KEYS)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_tree(item, f"{where}[{i}]", source, signed)
 
 
 def grams_co2e_per_1000(joules_per_inference: float, g_per_kwh: float) -> float:

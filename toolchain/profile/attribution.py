@@ -130,12 +130,14 @@ def attribute(model_path: str | Path, node_profile, feeds: dict[str, np.ndarray]
 
     from toolchain.formats.nodemap import NodeModuleMap, OptimizedGraph
 
-    model = onnx.load(str(model_path))
+    # graphs only: the weights are not needed (initializer dims are in the graph), and the optimized copy's
+    # external data may not be where its references point
+    model = onnx.load(str(model_path), load_external_data=False)
     node_map = NodeModuleMap.from_model(model)
     if node_map is None:
         raise ToolchainError(f"{model_path}: no node-to-module map in the model's metadata",
                              hint="export it with `toolchain export` (layers can only be named for models it exported)")
-    graph = OptimizedGraph.from_model(onnx.load(str(node_profile.optimized_model)))
+    graph = OptimizedGraph.from_model(onnx.load(str(node_profile.optimized_model), load_external_data=False))
     runs = max(node_profile.runs, 1)
     per_module_runs: dict[str, list[float]] = {}
     kernels: dict[str, int] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.formats.costs import UNMAPPED
 from toolchain.prune.graph import export_wrapper
 
@@ -66,25 +66,58 @@ def count_macs(loaded: LoadedModel, module: Any, example: tuple) -> int:
 
 def table_costs(table: CostTable, metric: str) -> dict[str, float]:
     """Per module path the table's mean cost per inference: J (``metric`` ``"energy"``) or ms
-    (``"latency"``). Kernels the export could not map to a module are under ``"(unmapped)"``."""
-    return {r.module: (r.energy_j_mean if metric == "energy" else r.latency_ms_mean) for r in table.rows}
+    (``"latency"``). Kernels the export could not map to a module are under ``"(unmapped)"``. Refuses a
+    table whose costs are not finite and non-negative."""
+    rows = {r.module: (r.energy_j_mean if metric == "energy" else r.latency_ms_mean) for r in table.rows}
+    what = "energy (J)" if metric == "energy" else "latency (ms)"
+    for module, cost in rows.items():
+        if not isinstance(cost, int | float) or isinstance(cost, bool) or not math.isfinite(cost) or cost < 0:
+            raise ToolchainError(f"the cost table's {what} of {module or '(model)'!r} is {cost!r}, not a finite "
+                                 "non-negative number: the table is corrupt",
+                                 hint="profile the model again with `toolchain profile`")
+    return rows
+
+
+def table_target(table: CostTable, target_name: str | None) -> str:
+    """The target a cost table's costs hold for: the table's own, which must be ``target_name`` when one
+    is given (the target pruning runs against); with none given, the table's target is the one used (name
+    it to the user). A table that names no target is refused."""
+    name = table.target.get("name") if isinstance(table.target, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ToolchainError("the cost table names no target: it cannot be checked against the target you prune for",
+                             hint="profile the model again with `toolchain profile --target T`")
+    if target_name and name != target_name:
+        raise ToolchainError(f"the cost table was measured on target {name!r}, not {target_name!r}",
+                             hint="profile on the target you prune for, or pass "
+                                  + option(f"--target {name}", f"target_spec={name!r}"))
+    return name
 
 
 def costs_for(table: CostTable, loaded: LoadedModel, module: Any, target_name: str | None,
               metric: str) -> dict[str, float]:
     """Per-module cost (J or ms per inference, see :func:`table_costs`) from a cost table, after checking
-    that the table belongs to this model (its source hash and module names) and this target. A stale or
-    foreign table is refused."""
-    src = table.model.get("source_hash")
-    if src and src != loaded.source_hash:
+    that the table belongs to this model (its source hash, which it must have, and module names) and to
+    this target (:func:`table_target`: with ``target_name`` None the table's own target is used). A stale,
+    foreign, unverifiable or corrupt table is refused."""
+    table.validate("the cost table")
+    src = table.model.get("source_hash") if isinstance(table.model, dict) else None
+    if not isinstance(src, str) or not src:
+        raise ToolchainError("the cost table does not record the source hash of the model it was measured on, so it "
+                             "cannot be checked against this model",
+                             hint="profile this model's export with `toolchain profile` and pass that table")
+    if src != loaded.source_hash:
         raise ToolchainError(f"the cost table was measured on another model (source hash {src[:12]}..., this model "
                              f"{loaded.source_hash[:12]}...): it is stale or foreign",
                              hint="profile this model's export with `toolchain profile` and pass that table")
-    if target_name and table.target.get("name") != target_name:
-        raise ToolchainError(f"the cost table was measured on target {table.target.get('name')!r}, not {target_name!r}",
-                             hint="profile on the target you prune for")
+    table_target(table, target_name)
     names = {n for n, _ in module.named_modules()}
     rows = table_costs(table, metric)
+    if sum(rows.values()) <= 0:
+        what = "energy (J)" if metric == "energy" else "latency (ms)"
+        raise ToolchainError(f"the cost table's {what} is zero for every layer: there is nothing to reduce and no "
+                             "share to rank layers by",
+                             hint="profile the model again with `toolchain profile` (with a working meter, or "
+                                  + option("--meter estimate", "meter='estimate'") + ")")
     unknown = [m for m in rows if m and m not in names and m != UNMAPPED]
     if unknown:
         raise ToolchainError(f"the cost table names modules this model does not have ({', '.join(unknown[:3])}): "

@@ -80,6 +80,14 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
                                  hint=("profile its export: " + option("`toolchain profile model.onnx --target T -o costs/`",
                                                                          "toolchain.profile.run.profile_model")
                                        + ", then pass " + option("--costs costs/costs.json", "its cost table as costs")))
+    if costs:
+        bad = next(((k, v) for k, v in costs.items() if not math.isfinite(v) or v < 0), None)
+        if bad is not None:
+            raise ToolchainError(f"the cost of {bad[0] or '(model)'!r} is {bad[1]!r}, not a finite non-negative number",
+                                 hint="profile the model again with `toolchain profile`")
+        if sum(costs.values()) <= 0:
+            raise ToolchainError("the costs are zero for every layer: there is nothing to reduce",
+                                 hint="profile the model again with `toolchain profile`")
     head = output_layer(module)
     ignored_names = (*config.exclude, *([head] if head else []))
 
