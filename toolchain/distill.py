@@ -17,12 +17,19 @@ recorded values; options given must equal them, and the teacher, student and dat
 so the result equals an uninterrupted run: the cosine schedule spans the recorded ``epochs`` and every
 epoch's shuffling and dropout are seeded from (seed, epoch). A different ``--epochs`` is another job
 (``--force`` starts it over); resuming a finished job just reports it.
+
+``--force`` over a previous distillation never loses it to an unfinished run: the new run is written in a
+scratch directory beside the output (``.NAME.toolchain-tmp-PID``) and replaces the previous result only
+once its last epoch is written. Interrupted (Ctrl-C, an error, a kill), the previous result stays as it was
+and the scratch directory is removed (after a kill: by the next run). Such a run cannot be resumed; a run
+into an output without a distillation writes there directly and can.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -33,10 +40,11 @@ import numpy as np
 
 from toolchain import __version__
 from toolchain.core.errors import ToolchainError, one_line, option
-from toolchain.core.fsio import atomic_write, remove_stale, write_json
+from toolchain.core.fsio import atomic_write, publish, remove_stale, write_json
 from toolchain.data.dataset import Dataset
 
 STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
+SCRATCH = ".toolchain-tmp-"  # a --force run is written in OUT/../.NAME.toolchain-tmp-PID until it is complete
 FORMAT = 1
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -210,11 +218,16 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     initial = (state["initial"] if state is not None
                else evaluate(student, student.module, val_set, reference=val_reference).to_dict())
     metric = "accuracy" if teacher_metrics.accuracy is not None else "cosine"
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out.parent, f".{out.name}{SCRATCH}*")  # the scratch directory of a killed --force run
+    # --force over a previous result: the new run is written in a scratch directory beside OUT and replaces
+    # the previous result only once it is complete, so an interruption or a kill keeps the previous one
+    work = out
+    if force and not resume and any((out / name).exists() for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE)):
+        work = _scratch_dir(out)
+    out.mkdir(exist_ok=True)
     for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
         remove_stale(out, f".{name}.tmp-*")  # left by a killed run
-        if force and not resume:
-            (out / name).unlink(missing_ok=True)
 
     best = dict(state["best"]) if state is not None else {"epoch": None, "value": None}
     seconds: list[float] = list(state["seconds"]) if state is not None else []
@@ -237,33 +250,77 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         value = latest[metric]
         if best["value"] is None or (value is not None and value > best["value"]):
             best.update(epoch=ckpt["epoch"], value=value)
-            _save_torch(ckpt["model"], out / STUDENT_FILE)  # before the checkpoint that names it best
+            _save_torch(ckpt["model"], work / STUDENT_FILE)  # before the checkpoint that names it best
         _save_torch({**ckpt, "format": FORMAT, "config": config.to_dict(), "sources": sources, "initial": initial,
-                     "best": dict(best), "seconds": list(seconds)}, out / CHECKPOINT_FILE)
+                     "best": dict(best), "seconds": list(seconds)}, work / CHECKPOINT_FILE)
         status = "done" if ckpt["epoch"] == config.epochs else "running"
         report.clear()
         report.update(make_report(ckpt["history"], status))
-        write_json(out / REPORT_FILE, report)
+        write_json(work / REPORT_FILE, report)
         clock[0] = time.perf_counter()
 
     if state is not None and int(state["epoch"]) >= config.epochs:
         return make_report(state["history"], "done")  # a finished job: nothing left to run
     clock[0] = time.perf_counter()
+    complete = False
     try:
         train(student, student.module, train_set, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
               teacher=teacher.module, teacher_loaded=teacher, temperature=config.temperature, alpha=config.alpha,
               label_free=config.label_free, weight_decay=config.weight_decay, seed=config.seed, progress=progress,
               val=val_set, val_reference=val_reference, on_step=on_step, on_epoch=on_epoch,
               checkpoint=on_checkpoint, resume_from=state)
+        complete = True
     except KeyboardInterrupt:
         done = report.get("epochs") or (state["history"] if state is not None else [])
-        if report:
-            report["status"] = "interrupted"
-            write_json(out / REPORT_FILE, report)
         where = f"after epoch {len(done)}/{config.epochs}" if done else "in epoch 1"
-        exc = ToolchainError(f"interrupted {where}",
-                             hint=f"{option(f'`toolchain distill -o {output} --resume`', 'resume=True')} continues" if done or state
-                             else "nothing was saved yet")
+        if work != out:  # the previous result stays; nothing of this run is kept
+            exc = ToolchainError(f"interrupted {where}; {out} still holds the previous distillation",
+                                 hint=f"this run was not kept: run again with {option('--force', 'force=True')} to start over")
+        else:
+            if report:
+                report["status"] = "interrupted"
+                write_json(out / REPORT_FILE, report)
+            exc = ToolchainError(f"interrupted {where}",
+                                 hint=f"{option(f'`toolchain distill -o {output} --resume`', 'resume=True')} continues" if done or state
+                                 else "nothing was saved yet")
         exc.exit_code = 130
         raise exc from None
+    finally:
+        if work != out and not complete:  # an unfinished run is dropped; the previous result is untouched
+            shutil.rmtree(work, ignore_errors=True)
+    if work != out:
+        try:
+            _publish_run(work, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # gone already where the whole directory was swapped
     return report
+
+
+def _scratch_dir(out: Path) -> Path:
+    """A fresh scratch directory beside ``out`` (same filesystem, so it can be renamed onto it), named
+    ``.NAME.toolchain-tmp-PID``: :func:`~toolchain.core.fsio.remove_stale` removes it once its process is gone."""
+    scratch = out.parent / f".{out.name}{SCRATCH}{os.getpid()}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise ToolchainError(f"{out.parent}: cannot write there ({exc.strerror})") from None
+    return scratch
+
+
+def _publish_run(scratch: Path, out: Path) -> None:
+    """Replace the previous distillation in ``out`` by the complete run in ``scratch``. When ``out`` holds
+    nothing but a distillation the whole directory is swapped (:func:`~toolchain.core.fsio.publish`); files of
+    the user's own there are kept, so then each file is moved in on its own (the report last: it is what
+    names the run)."""
+    ours = {STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE}
+    foreign = [p for p in out.iterdir() if p.name not in ours and not p.name.startswith(tuple(f".{n}.tmp-" for n in ours))]
+    if not foreign:
+        publish(scratch, out)
+        return
+    for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
+        if (scratch / name).exists():
+            publish(scratch / name, out / name)
+        else:  # the previous run's file, which this run does not have (no best epoch): not left to mislead
+            (out / name).unlink(missing_ok=True)

@@ -74,7 +74,8 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
               "factory student's initialisation.")
 @click.option("--resume", is_flag=True, help="Continue the job in OUT_DIR after its last completed epoch; options "
               "left out take the recorded values.")
-@click.option("-f", "--force", is_flag=True, help="Start over in an OUT_DIR that holds a distillation.")
+@click.option("-f", "--force", is_flag=True, help="Start over in an OUT_DIR that holds a distillation; the "
+              "previous one is replaced only when the new run is complete.")
 @json_option
 @click.pass_context
 def distill(ctx, output, resume, force, as_json, **options) -> None:

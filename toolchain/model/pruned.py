@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from toolchain.core.errors import ToolchainError
 from toolchain.formats.pruned import PRUNED_FILE, WEIGHTS_FILE, read_pruned
 from toolchain.model.spec import LoadedModel
+
+_loading: ContextVar[tuple[Path, ...]] = ContextVar("toolchain_pruned_loading", default=())
+"""The pruned directories being loaded, outermost first: a source chain that comes back to one is a cycle."""
 
 
 def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> LoadedModel:
@@ -20,7 +24,21 @@ def load_pruned(path: str | Path, load_source: Callable[..., LoadedModel]) -> Lo
 
     p = Path(path)
     meta = read_pruned(p)
-    loaded = load_source(meta.source, weights=meta.weights, input_shapes=meta.input_shapes)
+    here = p.expanduser().resolve()
+    chain = _loading.get()
+    source = Path(meta.source).expanduser()
+    if source.exists() and source.resolve() == here:
+        raise ToolchainError(f"{p / PRUNED_FILE}: names its own directory as its source model, so it cannot be "
+                             "rebuilt", hint="prune the original model again into another directory")
+    if here in chain:
+        cycle = " -> ".join(str(d) for d in (*chain[chain.index(here):], here))
+        raise ToolchainError(f"{p / PRUNED_FILE}: its source models form a cycle ({cycle}), so it cannot be rebuilt",
+                             hint="prune the original model again into another directory")
+    token = _loading.set((*chain, here))
+    try:
+        loaded = load_source(meta.source, weights=meta.weights, input_shapes=meta.input_shapes)
+    finally:
+        _loading.reset(token)
     if loaded.source_hash != meta.source_hash:
         raise ToolchainError(f"{p}: its original model {meta.source!r} has changed since it was pruned "
                              "(source hash differs)", hint="prune the current model again")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolchain.core.errors import ToolchainError, option
-from toolchain.formats.pruned import PRUNED_FILE, CostsUsed, DataUsed
+from toolchain.formats.pruned import PRUNED_FILE, WEIGHTS_FILE, CostsUsed, DataUsed
 from toolchain.prune.config import PruneConfig, PruneResult
 from toolchain.prune.costs import costs_for, table_costs
 from toolchain.prune.importance import ENERGY
@@ -123,6 +123,9 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
     config = job.config()
     config.validate()
     out = Path(job.output)
+    source = Path(job.model).expanduser()
+    source_dirs = [str(source)] if source.is_dir() else []  # a pruned or transformers directory as the model
+    check_not_input(out, [str(source)] if source.is_file() else [], source_dirs, job.output)  # before loading
     if (out / PRUNED_FILE).exists() and not job.force:
         raise ToolchainError(f"{out / PRUNED_FILE} already exists", hint=f"pass {option('--force', 'force=True')} to overwrite it")
     target = None
@@ -134,8 +137,7 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
             config = replace(config, round_to=target.round_to)
     input_shapes = list(job.input_shapes) or None
     loaded = load_model(job.model, weights=job.weights, input_shapes=input_shapes)
-    if out.resolve() in [Path(p).resolve() for p in loaded.input_paths]:
-        raise ToolchainError(f"{job.output}: refusing to overwrite an input; choose another -o")
+    check_not_input(out, loaded.input_paths, source_dirs, job.output)
     metric = job.cost_metric
     table = per_module = None
     if job.costs:
@@ -163,6 +165,26 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
              "data": DataUsed(eval=job.eval_spec, train=job.train_spec, samples=job.samples)}
     files = save_pruned(result, loaded, job.model, out, config, extra, force=job.force)
     return PruneReport(job=job, config=config, result=result, target=target_name, files=files)
+
+
+def check_not_input(out: str | Path, input_paths: list[str], input_dirs: list[str], shown: str | None = None) -> None:
+    """Refuse (even with ``force``) an output directory ``out`` that would write over what the model is read
+    from: ``out`` equal to, inside, or holding an input directory (``input_dirs``, and the directory of
+    every ``pruned.json`` among ``input_paths``: a pruned model chain), or ``out`` being an input file or
+    the place of one of the files written there."""
+    final = Path(out).expanduser().resolve()
+    files = [Path(p).expanduser().resolve() for p in input_paths if p]
+    dirs = [Path(d).expanduser().resolve() for d in input_dirs if d]
+    dirs += [f.parent for f in files if f.name == PRUNED_FILE]
+    for d in dirs:
+        if final == d or d in final.parents or final in d.parents:
+            how = "is" if final == d else "is inside" if d in final.parents else "holds"
+            raise ToolchainError(f"{shown or out}: refusing to write there, it {how} the input {d}; "
+                                 f"choose another {option('-o', 'output')}")
+    for f in files:
+        if final == f or (f.parent == final and f.name in (PRUNED_FILE, WEIGHTS_FILE)):
+            raise ToolchainError(f"{shown or out}: refusing to overwrite an input ({f}); "
+                                 f"choose another {option('-o', 'output')}")
 
 
 def _per_module(reprofile: Reprofile, loaded: LoadedModel, target: Target, meter: str | None,

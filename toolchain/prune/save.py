@@ -68,7 +68,9 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, source_spec: str, out_
                       modules=changed_shapes(loaded.module, module), config=asdict(config), result=result.to_dict(),
                       written=tuple(extra), other={k: v for k, v in extra.items() if k not in OPTIONAL_KEYS},
                       **known)
-    return write_files({WEIGHTS_FILE: buf.getvalue(), PRUNED_FILE: meta.to_json()}, out_dir, force)
+    # the files the model was read from are never written over, whatever ``force`` says
+    return write_files({WEIGHTS_FILE: buf.getvalue(), PRUNED_FILE: meta.to_json()}, out_dir, force,
+                       inputs=tuple(p for p in loaded.input_paths if p))
 
 
 def _jsonable(value):
