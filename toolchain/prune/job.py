@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from toolchain.core.errors import ToolchainError, option
 from toolchain.formats.pruned import PRUNED_FILE, WEIGHTS_FILE, CostsUsed, DataUsed
 from toolchain.prune.config import PruneConfig, PruneResult
-from toolchain.prune.costs import costs_for, table_costs
+from toolchain.prune.costs import costs_for, table_costs, table_target
 from toolchain.prune.importance import ENERGY
 from toolchain.prune.netadapt import prune_model
 from toolchain.prune.save import save_pruned
@@ -144,6 +144,10 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
         table = CostTable.load(job.costs)
         per_module = costs_for(table, loaded, module=loaded.module, target_name=target.name if target else None,
                                metric=metric)
+        if target is None:  # no target given: the table's is the one pruned for, and it is named
+            target = _table_target(table, progress)
+            if target is not None and config.round_to is None:
+                config = replace(config, round_to=target.round_to)
     data = load_dataset_for(job.eval_spec, loaded, DataOptions(samples=job.samples))
     if job.train_spec:
         train_data, eval_data = load_dataset_for(job.train_spec, loaded, DataOptions(samples=job.samples)), data
@@ -194,3 +198,19 @@ def _per_module(reprofile: Reprofile, loaded: LoadedModel, target: Target, meter
         return table_costs(reprofile(replace(loaded, module=module), target, meter), metric)
 
     return measure
+
+
+def _table_target(table: CostTable, progress: Callable[[str], None] | None):
+    """The target a cost table was measured on (by its file when it still exists, else by name), or None
+    when it cannot be loaded here (a custom target file that is gone): costs_for has checked its name."""
+    from toolchain.targets.target import load_target
+
+    name = table_target(table, None)
+    path = table.target.get("path")
+    try:
+        target = load_target(path if path and Path(path).is_file() else name)
+    except ToolchainError:
+        return None
+    if progress:
+        progress(f"target {target.name!r} (from the cost table)")
+    return target
