@@ -20,7 +20,16 @@ from click.testing import CliRunner
 import toolchain.pipeline
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.pipeline import STAGE_FIELDS, STAGE_FUNCS, STAGES, Recipe, choose, objective, stage_key
+from toolchain.pipeline import (
+    STAGE_FIELDS,
+    STAGE_FUNCS,
+    STAGES,
+    Recipe,
+    choose,
+    lock_run_dir,
+    objective,
+    stage_key,
+)
 
 FAST = """
 samples = 600
@@ -138,7 +147,7 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
     proc = _run(args, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if list(run_dir.glob(".search.tmp-*")):
+        if list(run_dir.glob(".search.toolchain-tmp-*")):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
@@ -155,7 +164,7 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
     stages = manifest["stages"]
     assert stages["baseline"]["reused"] and stages["prune"]["reused"] and not stages["search"]["reused"]
     assert all(stages[s]["status"] == "done" for s in stages)
-    assert not list(run_dir.glob(".*.tmp-*")) and not (run_dir / ".lock").exists()
+    assert not list(run_dir.glob(".*.toolchain-*")) and not (run_dir / ".lock").exists()
     assert all((run_dir / name).is_file() for name in stages["quantize"]["outputs"])
     # the artifact (INT8, or FP32 where the scheduler measured INT8 costlier), its cost table and the report
     assert (run_dir / "quantize" / "model.int8.onnx").is_file()
@@ -188,9 +197,12 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
 def test_pipeline_refuses_a_running_directory_and_bad_stage_ranges(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    r = CliRunner().invoke(main, ["pipeline", "--meter", "estimate", "-o", str(run_dir)])
-    assert r.exit_code == 2 and "another pipeline" in r.output
+    held = lock_run_dir(run_dir)  # held (flock) as another process would: a run here is refused
+    try:
+        r = CliRunner().invoke(main, ["pipeline", "--meter", "estimate", "-o", str(run_dir)])
+    finally:
+        held.release()
+    assert r.exit_code == 2 and f"another pipeline (pid {os.getpid()})" in r.output
     r = CliRunner().invoke(main, ["pipeline", "--from", "report", "--until", "prune", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "comes after" in r.output
-    Path(run_dir / ".lock").unlink()
+    assert not (run_dir / ".lock").exists()

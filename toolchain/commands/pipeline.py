@@ -32,7 +32,8 @@ CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="-
 @click.option("--from", "from_stage", type=click.Choice(STAGES), help="Re-run from this stage on (earlier ones reused).")
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
-              help="Run directory: one folder per stage, manifest.json, report/.")
+              help="Run directory: new, empty or an earlier run's (one folder per stage, "
+                   "manifest.json, report/); any other directory is refused untouched.")
 @json_option
 @click.pass_context
 def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, target_energy_reduction, meter, samples,

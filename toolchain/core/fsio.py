@@ -3,7 +3,9 @@
 Every write the tool makes goes through ONE primitive, :func:`publish`: the content is written to a
 scratch path in the destination's own directory (same filesystem), flushed to disk (``fsync``), then
 renamed onto the destination. A reader sees the old content or the new, never half of it, and a kill
-leaves only a scratch name (``.NAME.tmp-PID``) that the next run removes (:func:`remove_stale`).
+leaves only a scratch name (``.NAME.toolchain-tmp-PID``, or ``.NAME.toolchain-old-PID`` for a directory
+being replaced) that the next run removes (:func:`remove_stale`). Only names of exactly that form, whose
+process is gone, are ever removed: a user's own ``.something.tmp-123`` is never touched.
 :func:`atomic_write` (one file), :func:`commit_files` (an ONNX model and its external data),
 :func:`write_files` (several files into a directory) and the pipeline's stage directories are built on it.
 """
@@ -16,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +30,23 @@ from typing import Any
 from toolchain.core.errors import ToolchainError, option
 
 log = logging.getLogger(__name__)
+
+
+SCRATCH_TMP = "toolchain-tmp"  # a file or directory being written
+SCRATCH_OLD = "toolchain-old"  # a directory being replaced, renamed aside
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?:toolchain-tmp|toolchain-old)-(?P<pid>[0-9]+)$")
+
+
+def scratch_path(final: Path, kind: str = SCRATCH_TMP, pid: int | None = None) -> Path:
+    """The scratch name of ``final`` in its own directory: ``.NAME.toolchain-tmp-PID`` (``kind``
+    :data:`SCRATCH_TMP`) or ``.NAME.toolchain-old-PID`` (:data:`SCRATCH_OLD`), PID this process's."""
+    return final.with_name(f".{final.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def scratch_pid(name: str) -> int | None:
+    """The PID of a scratch name made by :func:`scratch_path`; None for any other name."""
+    m = _SCRATCH.match(name)
+    return int(m.group("pid")) if m else None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -100,7 +120,9 @@ def publish(scratch: Path, final: Path) -> None:
     ``final`` is renamed aside first and removed once the new one is in place."""
     _fsync_tree(scratch)
     if scratch.is_dir() and final.is_dir():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = scratch_path(final, SCRATCH_OLD)
+        if old.exists():  # left by an earlier process of the same PID
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         os.replace(scratch, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -113,8 +135,8 @@ def publish(scratch: Path, final: Path) -> None:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
     The directory is removed however the block exits, so an interruption leaves nothing half-written."""
-    remove_stale(final.parent, f".{final.name}.tmp-*")
-    scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    remove_stale(final.parent, f".{final.name}.{SCRATCH_TMP}-*")
+    scratch = scratch_path(final)
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
@@ -141,16 +163,24 @@ def pid_alive(pid: int | str) -> bool:
 
 
 def remove_stale(directory: Path, pattern: str) -> None:
-    """Remove the scratch files or directories matching ``pattern`` (named ``...-PID``) whose process is
-    gone: what a killed run left behind."""
+    """Remove what a killed run left behind in ``directory``: the entries matching the glob ``pattern``
+    that are scratch names of ours (:func:`scratch_path`: ``.NAME.toolchain-tmp-PID`` or
+    ``.NAME.toolchain-old-PID``) whose process is gone. Any other name is never removed, whatever
+    ``pattern`` says. A pattern written for the older names (``.NAME.tmp-*``, ``.NAME.old-*``) means ours."""
+    pattern = re.sub(r"\.(tmp|old)-\*$", lambda m: f".toolchain-{m.group(1)}-*", pattern)
     for stale in directory.glob(pattern):
-        if not pid_alive(stale.name.rpartition("-")[2]):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        pid = scratch_pid(stale.name)
+        if pid is None or pid_alive(pid):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` to a scratch file beside ``path``, then :func:`publish` it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = scratch_path(path)
     try:
         with open(tmp, mode) as f:
             write(f)

@@ -105,6 +105,16 @@ class StageEntry:
                    d.get("seconds"), d.get("finished"), d.get("reused"))
 
 
+def is_run_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest of a pipeline run (this ``format``, any ``format_version``): what
+    makes a directory a run directory the pipeline may write into."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("format") == FORMAT
+
+
 def hash_outputs(root: Path, directory: Path) -> dict[str, str]:
     """Every file under ``directory`` (sorted), as a path relative to ``root`` -> its sha256."""
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}

@@ -38,9 +38,17 @@ Other packages import from here (the package), never from its modules::
 from toolchain.formats.manifest import Manifest, StageEntry
 from toolchain.pipeline.context import API_WORDING, Run, Wording
 from toolchain.pipeline.recipe import STAGE_FIELDS, STAGES, Recipe
-from toolchain.pipeline.runner import PipelineJob, run_pipeline, stage_key
+from toolchain.pipeline.runner import (
+    PipelineJob,
+    RunLock,
+    check_run_dir,
+    lock_run_dir,
+    run_pipeline,
+    stage_key,
+)
 from toolchain.pipeline.search import OBJECTIVE, choose, objective
 from toolchain.pipeline.stages import STAGE_FUNCS
 
 __all__ = ["API_WORDING", "OBJECTIVE", "STAGES", "STAGE_FIELDS", "STAGE_FUNCS", "Manifest", "PipelineJob", "Recipe",
-           "Run", "StageEntry", "Wording", "choose", "objective", "run_pipeline", "stage_key"]
+           "Run", "RunLock", "StageEntry", "Wording", "check_run_dir", "choose", "lock_run_dir", "objective", "run_pipeline",
+           "stage_key"]

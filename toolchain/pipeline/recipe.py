@@ -104,7 +104,9 @@ class Recipe:
         return cls(**data)
 
     def validate(self) -> None:
-        """Raise :class:`ToolchainError` for a value out of range (run on construction)."""
+        """Raise :class:`ToolchainError` for a value of the wrong type or out of range (run on construction)."""
+        for f in fields(self):
+            _check_type(f.name, str(f.type), getattr(self, f.name))
         for name in ("target_energy_reduction", "prune_step", "distill_only_width"):
             if not 0 < getattr(self, name) < 1:
                 raise ToolchainError(f"recipe: {name} {getattr(self, name)} is out of range (0, 1)")
@@ -121,6 +123,34 @@ class Recipe:
     def stage_config(self, stage: str) -> dict[str, Any]:
         """The fields ``stage`` reads, with their values (part of the stage's key)."""
         return {name: getattr(self, name) for name in STAGE_FIELDS[stage]}
+
+
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false")}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """Raise :class:`ToolchainError` where ``value`` does not fit the field's ``annotation`` (``int``,
+    ``float``, ``str``, ``bool``, ``X | None``, ``tuple[float, ...]``): a recipe's TOML says ``"3"`` for 3."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    kind = kinds[0]
+    if kind.startswith("tuple["):
+        inner = kind[len("tuple["):].split(",")[0].strip()
+        types, what = _KINDS[inner]
+        if isinstance(value, (tuple, list)) and all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+            return
+        what = f"a list of {what.removeprefix('an ').removeprefix('a ')}s"
+    else:
+        types, what = _KINDS[kind]
+        if isinstance(value, types) and (kind == "bool" or not isinstance(value, bool)):
+            return
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    optional = " (or absent)" if "None" in kinds else ""
+    raise ToolchainError(f"recipe: {name} must be {what}{optional}, not {shown}")
 
 
 def _stage_fields() -> dict[str, tuple[str, ...]]:
