@@ -235,3 +235,22 @@ def test_readme_documents_the_ranges():
     text = (BUILTIN_DIR / "README.md").read_text()
     for fragment in ("1..1024", "0..600", "0 < x < 5000", "os.cpu_count()", "100000 W", "PROVIDER_OPTIONS"):
         assert fragment in text, fragment
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "mnist-cnn", "-o", "x.onnx", "--min-cosine", "nan"],
+    ["prune", "mnist-cnn", "--eval", "builtin:mnist", "-o", "p", "--ratio", "0.5", "--step", "nan"],
+    ["prune", "mnist-cnn", "--eval", "builtin:mnist", "-o", "p", "--ratio", "0.5", "--max-accuracy-drop", "inf"],
+    ["distill", "--teacher", "mnist-cnn", "--student", "mnist-cnn", "--data", "builtin:mnist", "-o", "d", "--lr", "inf"],
+    ["pipeline", "-o", "run", "--max-accuracy-drop", "nan"],
+])
+def test_nan_and_inf_options_are_refused_before_anything_runs(argv, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, argv)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert list(tmp_path.iterdir()) == []

@@ -67,3 +67,17 @@ def fmt_bytes(n: int, compact: bool = False) -> str:
             return text.replace("iB", "") if compact else text
         n /= 1024
     return f"{n:.1f}{sep}GiB"
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan (which compares false with both bounds and so passes FloatRange)."""
+
+    name = "float range"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv

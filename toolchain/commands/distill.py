@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import click
 
-from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout
+from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout
 
 CONFIG_OPTIONS = ("teacher", "student", "data", "epochs", "lr", "batch_size", "temperature", "alpha", "label_free",
                   "val_fraction", "samples", "seq_len", "weights", "input_shapes", "weight_decay", "seed")
@@ -52,24 +52,24 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Directory for student.pt (best weights), checkpoint.pt and distill.json.")
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=1e-3, show_default=True,
               help="Peak AdamW learning rate (cosine schedule over all steps).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+@click.option("--temperature", type=FiniteFloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Softmax temperature of the KD loss.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+@click.option("--alpha", type=FiniteFloatRange(0, 1), default=0.7, show_default=True,
               help="Weight of the KD term against cross-entropy on the labels (1 without labels).")
 @click.option("--label-free", type=click.Choice(["kl", "mse", "cosine"]), help="Ignore labels and match the "
               "teacher's outputs: kl on logits, mse or cosine on embeddings (default without labels: kl for "
               "logits, cosine for embeddings).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--val-fraction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Samples held out (seeded) to pick the best epoch.")
 @click.option("--samples", type=click.IntRange(3), help="Use the first N samples of the data (default: all).")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Initial state_dict of a module:factory student.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS[:DTYPE]",
               help="Input of a module:factory student (default: the teacher's inputs).")
-@click.option("--weight-decay", type=click.FloatRange(0), default=0.01, show_default=True)
+@click.option("--weight-decay", type=FiniteFloatRange(0), default=0.01, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, shuffling, dropout and a "
               "factory student's initialisation.")
 @click.option("--resume", is_flag=True, help="Continue the job in OUT_DIR after its last completed epoch; options "

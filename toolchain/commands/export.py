@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands.common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import (
+    FiniteFloatRange,
+    emit,
+    fmt_bytes,
+    is_quiet,
+    json_option,
+    json_safe_stdout,
+    status,
+)
 from toolchain.model.spec import TASKS
 
 
@@ -22,7 +30,7 @@ from toolchain.model.spec import TASKS
               help="dynamo: torch.export, cleaner graphs; torchscript: tracing, faster, deprecated by PyTorch.")
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seq-len", type=click.IntRange(1), default=32, show_default=True, help="Sequence length of text inputs in the parity check.")
-@click.option("--min-cosine", type=click.FloatRange(0, 1), default=0.9999, show_default=True,
+@click.option("--min-cosine", type=FiniteFloatRange(0, 1), default=0.9999, show_default=True,
               help="Parity fails below this cosine similarity between PyTorch and ONNX Runtime outputs.")
 @click.option("--no-parity", is_flag=True, help="Skip the PyTorch vs ONNX Runtime comparison.")
 @click.option("--external-data/--no-external-data", default=None,

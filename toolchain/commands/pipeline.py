@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.pipeline import STAGES, Recipe, Wording
 
 _DEFAULT = Recipe()  # the help quotes the recipe's defaults
@@ -22,9 +22,9 @@ CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="-
               help="Real data: a quarter is held out to judge accuracy, the rest trains, calibrates and distills.")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML recipe (keys of toolchain.pipeline.Recipe); options below override it.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0, min_open=True),
+@click.option("--max-accuracy-drop", type=FiniteFloatRange(0, min_open=True),
               help=f"Accuracy budget of the whole pipeline, in points (recipe default {_DEFAULT.max_accuracy_drop}).")
-@click.option("--target-energy-reduction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--target-energy-reduction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               help=f"What energy-aware pruning aims for (recipe default {_DEFAULT.target_energy_reduction}); the budget "
                    "may stop it sooner.")
 @click.option("--meter", help="Power meter instead of the target's (e.g. `estimate`, labelled as such).")

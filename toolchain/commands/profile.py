@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.energy import METERS
 
 # The same maxima as toolchain.profile.run (MAX_REPEATS, ...; a test keeps them equal), repeated here so
@@ -17,20 +17,6 @@ MAX_PROFILE_RUNS = 10_000
 MAX_BATCH = 65_536
 MAX_SEQ_LEN = 65_536
 MAX_WATTS = 100_000.0
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A FloatRange that also refuses nan (which compares false with both bounds and so passes FloatRange)."""
-
-    name = "float range"
-
-    def convert(self, value, param, ctx):
-        import math
-
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return rv
 
 
 def check_threads_option(ctx, param, value):

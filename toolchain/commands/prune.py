@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from toolchain.commands.common import emit, is_quiet, json_option, json_safe_stdout, status
+from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.energy import METERS
 from toolchain.prune.importance import ENERGY, IMPORTANCES
 
@@ -41,15 +41,15 @@ if TYPE_CHECKING:
 @click.option("--eval", "eval_", required=True, metavar="DATA", help="Held-out data the accuracy budget is judged on.")
 @click.option("--train", "train_", metavar="DATA", help="Fine-tuning data (default: the --eval samples not held out).")
 @click.option("--samples", type=click.IntRange(10), default=2000, show_default=True, help="Samples read from the data.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0), default=1.0, show_default=True,
+@click.option("--max-accuracy-drop", type=FiniteFloatRange(0), default=1.0, show_default=True,
               help="Accuracy budget in points (cosine x 100 for unlabelled data); a step that breaks it is rolled back.")
-@click.option("--step", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
+@click.option("--step", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
               help="Share of a layer group's channels cut per step.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Weight of the importance a step removes.")
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the energy a step saves.")
 @click.option("--epochs", "finetune_epochs", type=click.IntRange(0), default=1, show_default=True,
               help="Fine-tuning epochs after each step.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Fine-tuning learning rate (default 1e-4; 5e-5 for "
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True), help="Fine-tuning learning rate (default 1e-4; 5e-5 for "
               "transformers): small steps, so a trained model is repaired, not retrained (1e-3 cost a "
               "Fashion-MNIST CNN a point of accuracy per step in the benchmark).")
 @click.option("--round-to", type=click.IntRange(1), help="Channel multiple (default: the target's round_to).")

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from toolchain.commands.common import emit, fmt_bytes, is_quiet, json_option, json_safe_stdout, status
-from toolchain.commands.profile import FiniteFloatRange
+from toolchain.commands.common import (
+    FiniteFloatRange,
+    emit,
+    fmt_bytes,
+    is_quiet,
+    json_option,
+    json_safe_stdout,
+    status,
+)
 
 MAX_RUNS = 10_000  # timed runs per model and batch size
 
