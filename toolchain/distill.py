@@ -40,11 +40,10 @@ import numpy as np
 
 from toolchain import __version__
 from toolchain.core.errors import ToolchainError, one_line, option
-from toolchain.core.fsio import atomic_write, publish, remove_stale, write_json
+from toolchain.core.fsio import SCRATCH_TMP, atomic_write, new_scratch_dir, publish, remove_stale, write_json
 from toolchain.data.dataset import Dataset
 
 STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE = "student.pt", "checkpoint.pt", "distill.json"
-SCRATCH = ".toolchain-tmp-"  # a --force run is written in OUT/../.NAME.toolchain-tmp-PID until it is complete
 FORMAT = 1
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -219,12 +218,12 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
                else evaluate(student, student.module, val_set, reference=val_reference).to_dict())
     metric = "accuracy" if teacher_metrics.accuracy is not None else "cosine"
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out.parent, f".{out.name}{SCRATCH}*")  # the scratch directory of a killed --force run
+    remove_stale(out.parent, f".{out.name}.{SCRATCH_TMP}-*")  # the scratch directory of a killed --force run
     # --force over a previous result: the new run is written in a scratch directory beside OUT and replaces
     # the previous result only once it is complete, so an interruption or a kill keeps the previous one
     work = out
     if force and not resume and any((out / name).exists() for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE)):
-        work = _scratch_dir(out)
+        work = new_scratch_dir(out)  # .NAME.toolchain-tmp-PID: remove_stale removes it once its process is gone
     out.mkdir(exist_ok=True)
     for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
         remove_stale(out, f".{name}.toolchain-tmp-*")  # left by a killed run
@@ -294,19 +293,6 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already where the whole directory was swapped
     return report
-
-
-def _scratch_dir(out: Path) -> Path:
-    """A fresh scratch directory beside ``out`` (same filesystem, so it can be renamed onto it), named
-    ``.NAME.toolchain-tmp-PID``: :func:`~toolchain.core.fsio.remove_stale` removes it once its process is gone."""
-    scratch = out.parent / f".{out.name}{SCRATCH}{os.getpid()}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    try:
-        scratch.mkdir()
-    except OSError as exc:
-        raise ToolchainError(f"{out.parent}: cannot write there ({exc.strerror})") from None
-    return scratch
 
 
 def _publish_run(scratch: Path, out: Path) -> None:

@@ -131,11 +131,9 @@ def publish(scratch: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
-    The directory is removed however the block exits, so an interruption leaves nothing half-written."""
-    remove_stale(final.parent, f".{final.name}.{SCRATCH_TMP}-*")
+def new_scratch_dir(final: Path) -> Path:
+    """A fresh, empty scratch directory beside ``final`` (:func:`scratch_path`, same filesystem, so
+    :func:`publish` can rename it onto ``final``); one clear error when the directory is not writable."""
     scratch = scratch_path(final)
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -143,6 +141,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         scratch.mkdir()
     except OSError as exc:
         raise ToolchainError(f"{final.parent}: cannot write there ({exc.strerror})") from None
+    return scratch
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A scratch directory beside ``final``; the caller writes there and calls :func:`commit_files`.
+    The directory is removed however the block exits, so an interruption leaves nothing half-written."""
+    remove_stale(final.parent, f".{final.name}.{SCRATCH_TMP}-*")
+    scratch = new_scratch_dir(final)
     try:
         yield scratch
     finally:
