@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,92 @@ def _tiny(*argv: str) -> Setup:
     return setup
 
 
+def _ext_data_model(damage: str, command: str) -> Setup:
+    """A Mul-by-weights model whose weights live in ``m.onnx.data``, then that file removed or cut short."""
+    def setup(d: Path) -> list[str]:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 4, 4])
+        w = numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), "w")
+        graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"], name="mul")], "ext", [x], [y], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(d / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+        data = d / "m.onnx.data"
+        if damage == "missing":
+            data.unlink()
+        else:
+            data.write_bytes(data.read_bytes()[:10])
+        if command == "inspect":
+            return ["inspect", str(d / "m.onnx")]
+        return ["profile", str(d / "m.onnx"), *FAST_PROFILE, "-o", str(d / "prof")]
+
+    return setup
+
+
+X86_CPU = (Path(__file__).resolve().parents[1] / "targets" / "x86-cpu.toml").read_text()
+
+
+def _bad_target(old: str, new: str) -> Setup:
+    def setup(d: Path) -> list[str]:
+        assert old in X86_CPU
+        (d / "t.toml").write_text(X86_CPU.replace(old, new, 1))
+        return ["profile", str(tiny_onnx(d / "m.onnx")), "--target", str(d / "t.toml"), *FAST_PROFILE,
+                "-o", str(d / "prof")]
+
+    return setup
+
+
+def _cost_table(**changes) -> dict:
+    """A cost table of the shape ``toolchain profile`` writes (figures made up), with ``changes`` applied as
+    ``path__to__key=value``."""
+    stat = {"mean": 0.002, "std": 0.0001, "ci95": [0.0018, 0.0022], "n": 5, "cv_pct": 2.0}
+    table = {
+        "schema": "toolchain.cost-table", "schema_version": 1, "created": "2026-12-01T00:00:00+00:00",
+        "model": {"name": "m.onnx", "sha256": "ab" * 32, "source_hash": "cd" * 32, "precision": "fp32"},
+        "target": {"name": "x86-cpu", "providers": ["CPUExecutionProvider"]},
+        "meter": {"name": "estimate", "kind": "estimated", "source": "TDP", "idle_watts": 0.0},
+        "measurement": {"label": "m.onnx", "batch": 1, "meter": {"name": "estimate", "kind": "estimated",
+                                                                 "source": "TDP"},
+                        "idle_baseline": {"watts": 0.0, "seconds": 0.0}, "repeats": 5,
+                        "inferences_per_window": [100] * 5,
+                        "latency_ms": {"median_ms": 0.5, "mean_ms": 0.5, "std_ms": 0.01, "p10_ms": 0.45,
+                                       "p90_ms": 0.55, "ci95_ms": [0.49, 0.51], "runs": 500},
+                        "joules_per_inference": {"net": stat, "gross": stat, "kind": "estimated"},
+                        "watts": {"gross": {**stat, "mean": 4.0}, "net": {**stat, "mean": 4.0}, "kind": "estimated"},
+                        "notes": []},
+        "profile": {"runs": 5}, "versions": {},
+        "rows": [{"rank": 1, "module": "conv1", "module_type": "torch.nn.Conv2d", "onnx_nodes": ["/conv1/Conv"],
+                  "kernels": 1, "op_types": ["Conv"], "latency_ms_mean": 0.5, "latency_ms_std": 0.0, "share": 1.0,
+                  "energy_j_mean": 0.002, "energy_j_std": 0.0, "macs": 1000, "params": 10, "bytes_moved": 100}],
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = table
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return table
+
+
+DELETE = object()
+
+
+def _prune_with_costs(content: Callable[[], str]) -> Setup:
+    def setup(d: Path) -> list[str]:
+        (d / "costs.json").write_text(content())
+        return ["prune", "mnist-cnn", "--costs", str(d / "costs.json"), "--importance", "energy",
+                "--target-energy-reduction", "0.2", "--eval", "builtin:mnist", "--samples", "64", "--epochs", "0",
+                "--max-steps", "1", "-o", str(d / "pruned")]
+
+    return setup
+
+
 CASES: dict[str, Setup] = {
     **{f"{cmd}-{kind}-onnx": _onnx_file(content, cmd) for cmd in ("inspect", "profile", "quantize")
        for kind, content in ONNX_CONTENTS.items()},
@@ -239,6 +326,34 @@ CASES: dict[str, Setup] = {
     "quantize-output-is-input": _same_output(force=False),
     "quantize-output-is-input-forced": _same_output(force=True),
     "export-output-not-onnx": lambda d: ["export", "mnist-cnn", "-o", str(d / "o.txt")],
+    # missing or truncated external data
+    **{f"{cmd}-external-data-{damage}": _ext_data_model(damage, cmd) for cmd in ("inspect", "profile")
+       for damage in ("missing", "truncated")},
+    # malformed targets
+    "target-nan-intensity": _bad_target("intensity_g_per_kwh = 436", "intensity_g_per_kwh = nan"),
+    "target-inf-idle": _bad_target("idle_seconds = 2.0", "idle_seconds = inf"),
+    "target-huge-round-to": _bad_target("round_to = 8", "round_to = 100000000"),
+    "target-bogus-provider-option": _bad_target('name = "cpu"', 'name = "cpu"\noptions = { warp_speed = 9 }'),
+    "target-too-many-threads": _bad_target("intra_op_threads = 0", "intra_op_threads = 100000"),
+    "target-unknown-key": _bad_target('name = "x86-cpu"', 'name = "x86-cpu"\ncolour = "red"'),
+    "target-not-toml": _bad_target('name = "x86-cpu"', 'name = = "x86-cpu'),
+    # corrupt, stale and nonsense cost tables
+    "costs-not-json": _prune_with_costs(lambda: "{ not json"),
+    "costs-wrong-schema-version": _prune_with_costs(lambda: json.dumps(_cost_table(schema_version=99))),
+    "costs-nan-energy": _prune_with_costs(lambda: json.dumps(_cost_table(rows__0__energy_j_mean=float("nan")))),
+    "costs-negative-energy": _prune_with_costs(lambda: json.dumps(_cost_table(rows__0__energy_j_mean=-1.0))),
+    "costs-negative-latency": _prune_with_costs(lambda: json.dumps(_cost_table(rows__0__latency_ms_mean=-0.5))),
+    "costs-no-target-name": _prune_with_costs(lambda: json.dumps(_cost_table(target__name=DELETE))),
+    "costs-no-source-hash": _prune_with_costs(lambda: json.dumps(_cost_table(model__source_hash=DELETE))),
+    "costs-stale-model": _prune_with_costs(lambda: json.dumps(_cost_table())),  # another model's source hash
+    # unwritable output locations
+    "output-under-a-file": lambda d: (d.joinpath("afile").write_text("x"),
+                                      ["quantize", str(tiny_onnx(d / "m.onnx")), "--mode", "dynamic",
+                                       "-o", str(d / "afile" / "o.onnx")])[1],
+    "output-in-missing-folder": _tiny("quantize", "MODEL", "--mode", "dynamic", "-o", "DIR/no/such/o.onnx"),
+    "profile-output-is-a-file": lambda d: (d.joinpath("prof").write_text("mine"),
+                                           ["profile", str(tiny_onnx(d / "m.onnx")), *FAST_PROFILE,
+                                            "-o", str(d / "prof")])[1],
 }
 
 
@@ -286,7 +401,7 @@ def test_bad_input_is_one_clean_error(name, tmp_path, monkeypatch):
 
 
 def test_corpus_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 60
 
 
 # ------------------------------------------------------------------------------------ usage errors
