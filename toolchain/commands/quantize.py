@@ -125,7 +125,9 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
         from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=f"FP32 vs INT8 on {', '.join(report['providers'])} (medians of {runs} interleaved runs)",
+        timing = report["timing"]
+        t = Table(title=f"FP32 vs INT8 on {', '.join(report['providers'])} (medians of {runs} interleaved runs, "
+                        f"{timing['threads']} threads, spinning off, {timing['cpu']['model']})",
                   title_justify="left")
         batches = report["batches"]
         columns = (["configuration", "size"] + [f"b{b} ms" for b in batches] + [f"b{b} speed" for b in batches]

@@ -138,11 +138,13 @@ def check_usable(target) -> None:
                              hint="`toolchain targets` lists the targets and why each is or is not usable")
 
 
-def session_for(model_path: str | Path, target, threads: int | None):
+def session_for(model_path: str | Path, target, threads: int | None, *, alternating: bool = False):
+    """A session of ``model_path`` on ``target``; ``alternating=True`` when it is measured alternately with
+    others (thread-pool spinning off, :func:`toolchain.runtime.session.create_session`)."""
     from toolchain.runtime.session import create_session
 
     return create_session(model_path, target.provider_names(), threads=threads or target.threads or None,
-                          provider_options=target.provider_options())
+                          provider_options=target.provider_options(), alternating=alternating)
 
 
 def model_info(model_path: str | Path, feeds: dict[str, np.ndarray], data_source: str) -> dict[str, Any]:
@@ -276,8 +278,9 @@ class Comparison:
 
 def compare_models(model_paths: list[str | Path], targets: list, options: ProfileOptions,
                    progress: Callable[[str], None] | None = None) -> Comparison:
-    """Measure every model on every usable target; on each target the models' windows are interleaved.
-    Targets not usable here (provider, host, or meter) are skipped with their reason."""
+    """Measure every model on every usable target; on each target the models' windows are interleaved,
+    their sessions created with thread-pool spinning off (``alternating=True``: an idle session's spinning
+    workers would slow the one being measured). Targets not usable here (provider, host, or meter) are skipped with their reason."""
     names = [str(p) for p in model_paths]
     if len(set(Path(n).resolve() for n in names)) != len(names):
         raise ToolchainError("the same model is given twice")
@@ -296,7 +299,7 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
             feeds_of, sessions, sources = {}, {}, {}
             for path in names:
                 feeds_of[path], sources[path] = make_feeds(path, options)
-                sessions[path] = session_for(path, target, options.threads)
+                sessions[path] = session_for(path, target, options.threads, alternating=True)
             candidates = {path: (lambda s=sessions[path], f=feeds_of[path]: s.run(None, f)) for path in names}
             results = measure(candidates, meter, repeats=options.repeats, window_s=options.window_s,
                               warmup=options.warmup, batch=options.batch, progress=progress,

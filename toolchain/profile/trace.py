@@ -95,16 +95,15 @@ def profile_nodes(model_path: str | os.PathLike, feeds: dict[str, np.ndarray], *
     optimized = work / "optimized.onnx"
     # With a reference session, both sessions alternate run by run; thread-pool spinning is off in both, or
     # the idle one's spinning workers would slow the other on a machine with few cores.
-    config = {"session.intra_op.allow_spinning": "0"} if reference else None
     # The optimized copy keeps its large initializers in its own data file next to it: otherwise ORT writes
     # references to the input's external data file, relative to the scratch directory, where it is not (and
     # a model over 2 GB could not be written inline at all). Only its graph is read back.
-    saved = {**(config or {}), "session.optimized_model_external_initializers_file_name": optimized.name + ".data"}
+    saved = {"session.optimized_model_external_initializers_file_name": optimized.name + ".data"}
     session = create_session(model_path, providers, threads=threads, profile_prefix=str(work / "trace"),
                              optimized_model_path=str(optimized), provider_options=provider_options,
-                             session_config=saved)
+                             session_config=saved, alternating=reference)
     plain = (create_session(model_path, providers, threads=threads, provider_options=provider_options,
-                            session_config=config) if reference else None)
+                            alternating=True) if reference else None)
     calls = {"profiled": lambda: session.run(None, feeds)}
     if plain is not None:
         calls["plain"] = lambda: plain.run(None, feeds)

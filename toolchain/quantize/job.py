@@ -17,8 +17,9 @@ from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import check_output
 from toolchain.quantize.auto import auto_quantize
 from toolchain.quantize.guard import guard_accuracy
-from toolchain.quantize.measure import geomean, pays_off, speed_and_fidelity, within_budget
+from toolchain.quantize.measure import WARMUP, geomean, pays_off, speed_and_fidelity, within_budget
 from toolchain.quantize.static import QuantizeResult, file_size, model_type, quantize_model
+from toolchain.runtime.timing import conditions
 from toolchain.targets.presets import preset
 
 
@@ -120,7 +121,10 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     ``calibration``/``evaluation`` (the data used), ``rows`` (one per model measured: ``label``,
     ``config``, ``latency`` by batch size as ``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms,
     runs}``, ``speedup`` against FP32, ``fidelity``, ``size_bytes``, ``meets_budget``, ``reason``),
-    ``chosen`` and ``recommendation``; plus ``quantization`` (what was written), ``guard`` (the steps of
+    ``chosen`` and ``recommendation``, ``timing`` (the conditions of every latency figure:
+    ``threads`` actually used, ``spinning`` (false: the alternated sessions do not spin), ``cpu`` with its
+    ``model`` and INT8-relevant ``flags``, ``runs``, ``warmup``; :func:`toolchain.runtime.timing.conditions`);
+    plus ``quantization`` (what was written), ``guard`` (the steps of
     the accuracy guard) where they apply."""
     from toolchain.data.dataset import DataOptions
     from toolchain.data.load import load_dataset
@@ -166,7 +170,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                               "calibration": None if calib_set is None else {"source": calib_set.source,
                                                                               "samples": len(calib_set),
                                                                               "sha256": calib_set.sha256},
-                              "evaluation": {"source": eval_set.source, "samples": len(eval_set)}}
+                              "evaluation": {"source": eval_set.source, "samples": len(eval_set)},
+                              "timing": conditions(None, runs=job.runs, warmup=WARMUP)}
     if job.auto:
         result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
                                min_cosine=min_cosine, force=job.force, calib_batch=job.calib_batch, **timing)

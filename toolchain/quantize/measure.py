@@ -16,6 +16,7 @@ from toolchain.data.dataset import Dataset
 from toolchain.runtime.outputs import Fidelity, fidelity, is_classifier, pooled, run_outputs
 
 MIN_SPEEDUP = 1.05  # below this geometric-mean speed-up, INT8 does not pay for its accuracy risk
+WARMUP = 3  # untimed rounds before :func:`speed_and_fidelity`'s interleaved runs, per batch size
 
 
 def geomean(values: list[float]) -> float:
@@ -56,14 +57,16 @@ def speed_and_fidelity(paths: dict[str, str], evaluation: Dataset, *, batches: t
     ``reference`` (a label; default: the first model) on ``evaluation``.
 
     Returns ``(latency, fidelity)``: ``latency[label][batch]`` is a :class:`~toolchain.core.stats.Summary`
-    in milliseconds per run (``.median``, ``.p10``, ``.p90``...) of ``runs`` interleaved runs after 3
-    warm-up rounds (:func:`toolchain.runtime.timing.interleaved`); ``fidelity[label]`` compares that
-    model's outputs on all of ``evaluation`` with the reference's.
+    in milliseconds per run (``.median``, ``.p10``, ``.p90``...) of ``runs`` interleaved runs after
+    :data:`WARMUP` warm-up rounds (:func:`toolchain.runtime.timing.interleaved`), every session created
+    with ``alternating=True`` (thread-pool spinning off: an idle session's spinning workers would slow the
+    one being timed); ``fidelity[label]`` compares that model's outputs on all of ``evaluation`` with
+    the reference's. :func:`toolchain.runtime.timing.conditions` states the conditions of these figures.
     """
     from toolchain.runtime.session import create_session
     from toolchain.runtime.timing import interleaved
 
-    sessions = {name: create_session(p, providers, threads=threads) for name, p in paths.items()}
+    sessions = {name: create_session(p, providers, threads=threads, alternating=True) for name, p in paths.items()}
     ref_name = reference or next(iter(paths))
     classifier = is_classifier(paths[ref_name])
     outputs = {name: pooled(run_outputs(s, evaluation), evaluation) for name, s in sessions.items()}
@@ -72,7 +75,7 @@ def speed_and_fidelity(paths: dict[str, str], evaluation: Dataset, *, batches: t
     for batch in batches:
         feeds = _feeds_for_batch(evaluation, batch)
         stats = interleaved({name: (lambda s=s, f=feeds: s.run(None, f)) for name, s in sessions.items()},
-                            warmup=3, runs=runs)
+                            warmup=WARMUP, runs=runs)
         for name, st in stats.items():
             latency[name][batch] = st
     return latency, fids

@@ -3,15 +3,18 @@ search, profile's energy windows and its profiler pass, compare) is taken here: 
 around each call, candidates alternated call by call so that every one sees the same machine state
 (thermal, other load), summarised by :class:`toolchain.core.stats.Summary` in milliseconds.
 
-When ONNX Runtime sessions alternate, their sessions must be created with thread-pool spinning off
-(``session.intra_op.allow_spinning = 0``, see :func:`toolchain.runtime.session.create_session`): on a
-machine with few cores the idle session's spinning workers slow the other one.
+When ONNX Runtime sessions alternate, their sessions must be created with thread-pool spinning off:
+``create_session(..., alternating=True)`` (:data:`toolchain.runtime.session.ALTERNATING_CONFIG`,
+``session.intra_op.allow_spinning = 0`` and ``session.inter_op.allow_spinning = 0``). On a machine with
+few cores the idle session's spinning workers slow the other one. :func:`conditions` is what a report
+states beside such figures: threads, spinning, the CPU and its INT8-relevant flags, runs and warm-up.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from toolchain.core.stats import Summary
 
@@ -58,3 +61,20 @@ def interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 3,
     """:func:`interleaved_samples` summarised per candidate (milliseconds)."""
     return {name: Summary.of_seconds(s) for name, s in
             interleaved_samples(candidates, warmup=warmup, runs=runs, min_seconds=min_seconds).items()}
+
+
+def conditions(threads: int | None, *, runs: int, warmup: int, spinning: bool = False) -> dict[str, Any]:
+    """The conditions of alternated latency figures, for a report: ``threads`` (the intra-op threads
+    actually used, :func:`toolchain.runtime.session.threads_used`: ONNX Runtime's default for None/0),
+    ``spinning`` (False for sessions created with ``alternating=True``), ``cpu`` (``model``, logical
+    ``cores``, ``machine`` and ``flags``: which INT8-relevant instruction sets it reports, by
+    ``/proc/cpuinfo`` name, see :data:`toolchain.core.host.CPU_FLAGS`), ``runs`` and ``warmup``."""
+    from toolchain.core.host import CPU_FLAGS, cpu_info, host_cpu_flags
+    from toolchain.runtime.session import threads_used
+
+    info = cpu_info()
+    flags = host_cpu_flags() or set()
+    return {"threads": threads_used(threads), "spinning": spinning,
+            "cpu": {"model": info.model, "cores": info.cores, "machine": info.machine,
+                    "flags": {flag: flag in flags for flag in CPU_FLAGS}},
+            "runs": runs, "warmup": warmup}
