@@ -42,6 +42,7 @@ $(FASHION):
 bench: install $(FASHION)
 	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_timing.py
 	$(PY) benchmarks/bench_profile.py
 	$(PY) benchmarks/bench_prune.py
 	$(PY) benchmarks/bench_distill.py
