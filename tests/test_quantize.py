@@ -132,6 +132,8 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
     report = json.loads(run.output)
     assert report["output"] == str(out) and [r["label"] for r in report["rows"]][0] == "FP32"
     assert report["calibration"]["samples"] == 50 and report["evaluation"]["samples"] == 100
+    # no budget flag: the default budget is still held by the guard, and what was written meets it
+    assert report["guard"] and report["guard"][-1]["meets_budget"] and report["rows"][-1]["meets_budget"]
     empty = tmp_path / "empty.npz"
     import numpy as np
 
@@ -242,3 +244,92 @@ def test_cli_quantize_table(mnist_cnn, tmp_path):
     # the library's notes name options; the command spells them as flags
     text = " ".join(run.output.split())
     assert "\x1f" not in run.output and ("is not faster here" not in text or "(try --auto)" in text)
+
+
+def test_default_budget_is_always_checked_and_an_over_budget_model_is_not_written(mnist_cnn, tmp_path, monkeypatch):
+    """No budget flag: the help's defaults (1 point, cosine 0.99) still apply; a model the guard cannot bring
+    within them is not written, and the command says which budget failed and the best it reached (exit 2)."""
+    _, result = mnist_cnn
+    seen = []
+
+    def over_budget(fid, max_drop, min_cosine):
+        seen.append((max_drop, min_cosine))
+        return False, "forced"
+
+    monkeypatch.setattr(guard, "within_budget", over_budget)
+    monkeypatch.setattr(guard, "sensitive_nodes", lambda *a, **k: [])  # no fallbacks to try: fail fast
+    out = tmp_path / "over.onnx"
+    run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
+                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "-o", str(out)])
+    assert run.exit_code == 2 and run.output.count("\n") == 1, run.output
+    assert seen and set(seen) == {(measure.DEFAULT_MAX_ACCURACY_DROP, measure.DEFAULT_MIN_COSINE)} == {(1.0, 0.99)}
+    assert "--max-accuracy-drop 1 (accuracy drop <= 1 point)" in run.output and "best reached accuracy drop" in run.output
+    assert "✓" not in run.output and not out.exists() and list(tmp_path.iterdir()) == []
+    # the Python API: the same line, and the report of what was tried
+    from toolchain.quantize import BudgetError, QuantizeJob, run_quantize
+
+    lines = []
+    with pytest.raises(BudgetError, match=r"max_accuracy_drop=1 \[--max-accuracy-drop 1\]") as caught:
+        run_quantize(QuantizeJob(model=result.path, output=str(out), calib_data="builtin:mnist", calib_samples=50,
+                                 eval_samples=100, batch_sizes=(1,), runs=3), progress=lines.append)
+    assert caught.value.exit_code == 2 and caught.value.report["failed"] and caught.value.report["output"] is None
+    assert any("calibrating on 50 samples" in line for line in lines) and any("measuring" in line for line in lines)
+    assert not out.exists()
+    # --json: the report still comes out on stdout, the error line on stderr
+    run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
+                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "-o", str(out),
+                                    "--json"])
+    assert run.exit_code == 2 and json.loads(run.stdout)["failed"] is True and not out.exists()
+
+
+def test_a_cosine_budget_failure_names_the_cosine_budget(tiny_bert, tmp_path, monkeypatch):
+    _, result = tiny_bert
+    monkeypatch.setattr(guard, "matmul_sensitivity", lambda *a, **k: [])
+    out = tmp_path / "cos.onnx"
+    run = CliRunner().invoke(main, ["quantize", result.path, "--mode", "dynamic", "--calib", "random", "--calib-samples",
+                                    "4", "--eval-samples", "8", "--seq-len", "16", "--min-cosine", "1", "--batch-sizes",
+                                    "1", "--runs", "3", "-o", str(out)])
+    assert run.exit_code == 2 and run.output.count("\n") == 1, run.output
+    assert "--min-cosine 1 (cosine >= 1)" in run.output and "best reached cosine 0." in run.output
+    assert "point" not in run.output and not out.exists()
+
+
+def test_auto_runs_the_guard_when_no_candidate_meets_the_budget(mnist_data, tmp_path, monkeypatch):
+    """Every candidate over budget: the guard keeps the fastest one's sensitive nodes in FP32 before giving up."""
+    fp32, calib, evaluation = mnist_data
+    monkeypatch.setattr(measure, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(auto, "within_budget", lambda fid, a, b: (False, "forced"))
+    calls = []
+
+    def second_step_passes(fid, a, b):
+        calls.append(fid)
+        return len(calls) > 1, "" if len(calls) > 1 else "forced"
+
+    monkeypatch.setattr(guard, "within_budget", second_step_passes)
+    lines = []
+    result = auto.auto_quantize(fp32, tmp_path / "auto.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+                                batches=(1,), runs=3, progress=lines.append)
+    measured = result.candidates[1:4]
+    fastest = max(measured, key=lambda c: measure.geomean(list(c.speedup.values())))
+    assert [len(s.excluded) for s in result.guard] == [0, 2] and result.missed_budget is None
+    assert result.chosen == f"{fastest.label} (2 nodes FP32)" and (tmp_path / "auto.onnx").exists()
+    stamp = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "auto.onnx")).metadata_props}[static.QUANT_KEY])
+    assert stamp["config"]["exclude"] == result.guard[-1].excluded
+    assert [line for line in lines if line.startswith("candidate ") and ": " not in line] == [
+        f"candidate {i}/3 ({c.label})" for i, c in enumerate(measured, 1)]
+    assert any("guard step 2/7 (2 nodes in FP32)" in line for line in lines)
+    # the guard cannot meet it either: nothing written, and the line says which budget and the best reached
+    monkeypatch.setattr(guard, "within_budget", lambda fid, a, b: (False, "forced"))
+    monkeypatch.setattr(guard, "sensitive_nodes", lambda *a, **k: [])
+    result = auto.auto_quantize(fp32, tmp_path / "none.onnx", calib, evaluation.take(0, 64), preset_name="x86",
+                                batches=(1,), runs=3, max_accuracy_drop=0.5)
+    assert result.chosen is None and result.guard and not (tmp_path / "none.onnx").exists()
+    assert "max_accuracy_drop=0.5" in result.missed_budget and "best reached accuracy drop" in result.missed_budget
+
+
+def test_the_help_states_the_default_budgets():
+    from toolchain.commands.quantize import quantize
+
+    helps = {p.name: " ".join(p.help.split()) for p in quantize.params if getattr(p, "help", None)}
+    assert helps["max_accuracy_drop"].endswith(f"Default {measure.DEFAULT_MAX_ACCURACY_DROP:g}.")
+    assert helps["min_cosine"].endswith(f"Default {measure.DEFAULT_MIN_COSINE:g}.")

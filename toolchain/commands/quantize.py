@@ -59,7 +59,8 @@ def _ints(text: str) -> tuple[int, ...]:
                    "providers for timing unless --provider is given; or a preset name: x86-vnni, x86, arm64, gpu "
                    "(default: this machine's CPU).")
 @click.option("--auto", is_flag=True, help="Measure every candidate configuration of the preset here and keep the fastest "
-                                            "within the accuracy budget (or recommend keeping FP32).")
+                                            "within the accuracy budget (when none is, the accuracy guard runs on the "
+                                            "fastest one), or recommend keeping FP32.")
 @click.option("--mode", type=click.Choice(["static", "dynamic"]), help="static (calibrated) or dynamic (int8 weights). "
               "Default: the preset's (dynamic for transformers on CPU).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
@@ -69,7 +70,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on CPUs without VNNI).")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--max-accuracy-drop", type=FiniteFloatRange(0, 100), help="Accuracy budget in points (top-1 disagreement "
-              "without labels); beyond it, the most sensitive nodes are kept in FP32, a group at a time. Default 1.")
+              "without labels), always checked; beyond it, the most sensitive nodes are kept in FP32, a group at a "
+              "time, and if that cannot meet it nothing is written (exit 2). Default 1.")
 @click.option("--min-cosine", type=FiniteFloatRange(0, 1), help="Budget for models without classes (embeddings): "
               "cosine of the outputs against FP32, guarded like --max-accuracy-drop. Default 0.99.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to time FP32 against INT8.")
@@ -109,7 +111,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
       toolchain quantize minilm.onnx --mode dynamic --eval builtin:drugreviews -o minilm.int8.onnx
     """
     from toolchain.core.errors import render_all
-    from toolchain.quantize import QuantizeJob, run_quantize
+    from toolchain.quantize import BudgetError, QuantizeJob, run_quantize
 
     job = QuantizeJob(model=model, output=output, calib_data=calib, eval_data=eval_, calib_samples=calib_samples,
                       eval_samples=eval_samples, target=preset_name, auto=auto, mode=mode, fmt=fmt,
@@ -118,8 +120,13 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                       batch_sizes=_ints(batch_sizes), runs=runs, providers=tuple(providers), seq_len=seq_len,
                       tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
                       calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force)
-    with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)):
-        report = render_all(run_quantize(job), cli=True)  # notes name options: spell them as flags
+    try:
+        with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)) as say:
+            report = render_all(run_quantize(job, progress=say), cli=True)  # notes name options: spell them as flags
+    except BudgetError as exc:  # nothing written: one error line (exit 2); --json still gets the report on stdout
+        if as_json:
+            emit(render_all(exc.report, cli=True), as_json, lambda console: None)
+        raise
 
     def render(console) -> None:
         from rich.markup import escape
@@ -156,5 +163,3 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
         console.print(("[green]✓[/] " if report["output"] else "[yellow]![/] ") + escape(report["recommendation"]))
 
     emit(report, as_json, render)
-    if report["output"] is None and report.get("failed"):
-        ctx.exit(1)

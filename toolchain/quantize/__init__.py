@@ -13,11 +13,11 @@ import each other directly.
 
 from toolchain.quantize.auto import AutoResult, Candidate, auto_quantize
 from toolchain.quantize.guard import GuardStep, guard_accuracy, matmul_sensitivity, sensitive_nodes
-from toolchain.quantize.job import QuantizeJob, run_quantize
+from toolchain.quantize.job import BudgetError, QuantizeJob, run_quantize
 from toolchain.quantize.measure import speed_and_fidelity
 from toolchain.quantize.qdq import compact_qdq
 from toolchain.quantize.static import QUANT_KEY, QuantizeResult, model_type, quantize_model
 
-__all__ = ["QUANT_KEY", "AutoResult", "Candidate", "GuardStep", "QuantizeJob", "QuantizeResult",
+__all__ = ["QUANT_KEY", "AutoResult", "BudgetError", "Candidate", "GuardStep", "QuantizeJob", "QuantizeResult",
            "auto_quantize", "compact_qdq", "speed_and_fidelity", "guard_accuracy", "matmul_sensitivity", "model_type",
            "quantize_model", "run_quantize", "sensitive_nodes"]

@@ -9,6 +9,7 @@ error under simulated dynamic INT8); :func:`guard_accuracy` runs the loop and re
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,19 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
                    evaluation: Dataset, *, max_accuracy_drop: float, min_cosine: float = 0.99, group: int = 2,
                    max_steps: int = 6, batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None,
                    runs: int = 10, force: bool = False, preset_name: str | None = None, calib_batch: int = 8,
-                   fuse: bool = True) -> tuple[QuantizeResult | None, list[GuardStep]]:
+                   fuse: bool = True, chunk: int | None = None, threads: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[QuantizeResult | None, list[GuardStep]]:
     """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the ``group``
     most quantization-sensitive nodes (:func:`sensitive_nodes` for static, :func:`matmul_sensitivity`
     for dynamic quantization) in FP32 and quantize again, up to
     ``max_steps`` times. Every step is measured (fidelity, and latency against FP32) and returned.
     The budget is that of :func:`~toolchain.quantize.measure.within_budget` (``max_accuracy_drop``
     points, else ``min_cosine``); ``batches`` are the batch sizes timed, ``runs`` the interleaved runs.
-    ``output`` is written only when a step meets the budget; otherwise the result is None."""
+    ``output`` is written only when a step meets the budget; otherwise the result is None. ``progress``
+    receives one line of text before each long step (quantizing, measuring, ranking nodes)."""
     import tempfile
+
+    say = progress or (lambda _text: None)
 
     if config.mode == "static" and (calibration is None or len(calibration) == 0):
         raise ToolchainError("static quantization needs calibration data", hint=f"pass {option('--calib DATA', 'calibration')}")
@@ -147,10 +152,13 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
         for step in range(max_steps + 1):
             cfg = replace(config, exclude=tuple(excluded))
             candidate = Path(tmp) / f"step{step}.onnx"
+            where = f"guard step {step + 1}/{max_steps + 1} ({len(excluded)} nodes in FP32)" if step else config.label
             result = quantize_model(model_path, candidate, cfg, calibration, force=True, preset_name=preset_name,
-                                    keep_preprocessed=pre, calib_batch=calib_batch, fuse=fuse)
+                                    keep_preprocessed=pre, calib_batch=calib_batch, fuse=fuse, chunk=chunk,
+                                    progress=lambda text, w=where: say(f"{w}: {text}"))
+            say(f"{where}: measuring against FP32")
             latency, fids = speed_and_fidelity({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
-                                           batches=batches, providers=providers, runs=runs)
+                                           batches=batches, providers=providers, runs=runs, threads=threads)
             ok, reason = within_budget(fids["INT8"], max_accuracy_drop, min_cosine)
             speedup = {b: latency["FP32"][b].median / latency["INT8"][b].median for b in batches}
             steps.append(GuardStep(list(excluded), fids["INT8"], speedup, ok, reason,
@@ -159,6 +167,7 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             if ok or step == max_steps:
                 break
             if ranking is None:
+                say(f"over budget ({reason}): ranking the nodes most sensitive to quantization")
                 probe = calibration if calibration is not None and len(calibration) else evaluation
                 probe = probe.take(0, min(len(probe), 32))
                 ranking = (sensitive_nodes(pre, candidate, probe) if config.mode == "static"

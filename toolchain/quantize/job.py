@@ -9,6 +9,7 @@ and returns a JSON-ready report. It never prints; the command renders the report
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,17 @@ from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import check_output
 from toolchain.quantize.auto import auto_quantize
 from toolchain.quantize.guard import guard_accuracy
-from toolchain.quantize.measure import WARMUP, geomean, pays_off, speed_and_fidelity, within_budget
-from toolchain.quantize.static import QuantizeResult, file_size, model_type, quantize_model
+from toolchain.quantize.measure import (
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MIN_COSINE,
+    WARMUP,
+    budget_text,
+    fidelity_text,
+    geomean,
+    pays_off,
+    shortfall,
+)
+from toolchain.quantize.static import QuantizeResult, file_size, model_type
 from toolchain.runtime.timing import conditions
 from toolchain.targets.presets import preset
 
@@ -36,9 +46,10 @@ class QuantizeJob:
     (``static``/``dynamic``) and ``activations`` (``uint8``/``int8``) default to the preset's; ``fmt``
     (``qdq``/``qoperator``), ``weights``, ``per_channel``, ``reduce_range``, ``calibration``
     (``minmax``/``entropy``/``percentile``) as in :class:`~toolchain.targets.presets.QuantConfig`.
-    ``max_accuracy_drop`` (points) or ``min_cosine`` (0 to 1) turn the accuracy guard on (budgets 1 and
-    0.99 when unset). ``batch_sizes`` and ``runs``: timing of FP32 against INT8 (interleaved runs per
-    model and batch size); ``providers``: execution providers to time on (empty: the target's, else
+    ``max_accuracy_drop`` (points) and ``min_cosine`` (0 to 1) are the accuracy budget the guard always
+    holds the INT8 model to (1 and 0.99 when unset: ``DEFAULT_MAX_ACCURACY_DROP`` and
+    ``DEFAULT_MIN_COSINE`` of :mod:`toolchain.quantize.measure`). ``batch_sizes`` and ``runs``: timing of
+    FP32 against INT8 (interleaved runs per model and batch size); ``providers``: execution providers to time on (empty: the target's, else
     ``cpu``). ``seq_len`` (tokens), ``tokenizer`` (directory), ``image_size`` (H, W in pixels) and
     ``mean``/``std`` (per channel) shape the samples. ``calib_batch``: samples per calibration batch;
     ``chunk``: at most this many intermediate outputs held at once; ``fuse``: ORT's transformer fusions.
@@ -73,6 +84,16 @@ class QuantizeJob:
     chunk: int | None = None
     fuse: bool = True
     force: bool = False
+
+
+class BudgetError(ToolchainError):
+    """The INT8 model misses the accuracy budget even with the guard's FP32 fallbacks: nothing was
+    written. The message names the budget and the best fidelity reached; ``report`` is what
+    :func:`run_quantize` would have returned (``failed`` true, ``output`` None)."""
+
+    def __init__(self, message: str, report: dict[str, Any], *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.report = report
 
 
 def resolve_target(target: str | None, providers: tuple[str, ...] = ()) -> tuple[str | None, tuple[str, ...]]:
@@ -114,9 +135,10 @@ def _check_providers(providers: tuple[str, ...]) -> None:
                                  hint="`toolchain doctor` lists the providers that work here")
 
 
-def run_quantize(job: QuantizeJob) -> dict[str, Any]:
-    """What ``toolchain quantize`` does, as data: resolve the target, load the data, quantize (plain,
-    guarded or ``auto``), measure FP32 against INT8, and return a JSON-ready report: ``model``,
+def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """What ``toolchain quantize`` does, as data: resolve the target, load the data, quantize (always
+    held to the accuracy budget by the guard, or ``auto``), measure FP32 against INT8, and return a
+    JSON-ready report: ``model``,
     ``output`` (the file written, or None), ``preset``, ``batches``, ``providers``, ``notes``, ``failed``,
     ``calibration``/``evaluation`` (the data used), ``rows`` (one per model measured: ``label``,
     ``config``, ``latency`` by batch size as ``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms,
@@ -125,10 +147,16 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     ``threads`` actually used, ``spinning`` (false: the alternated sessions do not spin), ``cpu`` with its
     ``model`` and INT8-relevant ``flags``, ``runs``, ``warmup``; :func:`toolchain.runtime.timing.conditions`);
     plus ``quantization`` (what was written), ``guard`` (the steps of
-    the accuracy guard) where they apply."""
+    the accuracy guard) where they apply. ``progress`` receives one line of text before each long step
+    (loading data, calibration, each guard step, each ``auto`` candidate).
+
+    An INT8 model that misses the budget is never written: when the guard's FP32 fallbacks cannot bring
+    it within budget (or, with ``auto``, no candidate can), nothing is written and :class:`BudgetError`
+    (exit code 2) names the budget that failed and the best fidelity reached."""
     from toolchain.data.dataset import DataOptions
     from toolchain.data.load import load_dataset
 
+    say = progress or (lambda _text: None)
     preset_name, resolved = resolve_target(job.target, job.providers)
     model, output, batches, providers = job.model, job.output, job.batch_sizes, list(resolved)
     if not Path(model).is_file():
@@ -145,6 +173,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     needs_calib = job.auto or config.mode == "static"
     calib_set = eval_set = None
     if job.calib_data:
+        say(f"loading calibration data ({job.calib_data})")
         extra = 0 if job.eval_data else job.eval_samples
         pool = load_dataset(job.calib_data, model, replace(opts, samples=job.calib_samples + extra))
         calib_set = pool.take(0, job.calib_samples)
@@ -153,6 +182,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     elif needs_calib and not job.auto:
         raise ToolchainError(f"static quantization needs {option('--calib DATA', 'calib_data')}", hint="or use " + option("--mode dynamic", "mode='dynamic'"))
     if job.eval_data:
+        say(f"loading evaluation data ({job.eval_data})")
         eval_set = load_dataset(job.eval_data, model, replace(opts, samples=job.eval_samples))
     notes = []
     if eval_set is None:
@@ -160,9 +190,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
         notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass " + option("--eval DATA", "eval_data"))
     if eval_set.synthetic:
         notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
-    budget = job.max_accuracy_drop if job.max_accuracy_drop is not None else 1.0
-    guarded = job.max_accuracy_drop is not None or job.min_cosine is not None
-    min_cosine = 0.99 if job.min_cosine is None else job.min_cosine
+    budget = DEFAULT_MAX_ACCURACY_DROP if job.max_accuracy_drop is None else job.max_accuracy_drop
+    min_cosine = DEFAULT_MIN_COSINE if job.min_cosine is None else job.min_cosine
     timing = dict(batches=batches, providers=providers, runs=job.runs)
 
     report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
@@ -174,46 +203,49 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                               "timing": conditions(None, runs=job.runs, warmup=WARMUP)}
     if job.auto:
         result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
-                               min_cosine=min_cosine, force=job.force, calib_batch=job.calib_batch, **timing)
+                               min_cosine=min_cosine, force=job.force, calib_batch=job.calib_batch, progress=say,
+                               **timing)
         report["rows"] = [_row(c.label, c.config, c.latency, c.speedup, c.fidelity, c.size_bytes, c.meets_budget, c.reason)
                           for c in result.candidates]
+        if result.guard:
+            report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget}
+                               for s in result.guard]
         report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
+        if result.missed_budget:
+            report.update(failed=True, recommendation=result.missed_budget)
+            raise BudgetError(result.missed_budget, report, hint=_loosen_hint())
         return report
-    if guarded:
-        result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
-                                       min_cosine=min_cosine, force=job.force, preset_name=chosen.name,
-                                       calib_batch=job.calib_batch, fuse=job.fuse, **timing)
-        fp32_size = file_size(Path(model))
-        first = steps[0]
-        report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
-                               fp32_size, True, "")]
-        for step in steps:
-            label = config.label + (f" ({len(step.excluded)} nodes FP32)" if step.excluded else "")
-            report["rows"].append(_row(label, None, step.latency, step.speedup, step.fidelity, None,
-                                       step.meets_budget, step.reason))
-        report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget} for s in steps]
-        if result is None:
-            report.update(failed=True, recommendation=f"the accuracy budget of {budget} points was not met even with "
-                          f"{len(steps[-1].excluded)} nodes kept in FP32; nothing written")
-            return report
-        if steps[-1].excluded:
-            notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
-        report.update(output=result.path, chosen=result.label,
-                      recommendation=f"wrote {result.path}; {_verdict(steps[-1].speedup)}", quantization=asdict(result))
-        return _fill_sizes(report, result)
-    result = quantize_model(model, output, config, calib_set, force=job.force, preset_name=chosen.name, fuse=job.fuse,
-                            chunk=job.chunk, calib_batch=job.calib_batch)
-    latency, fids = speed_and_fidelity({"FP32": model, config.label: result.path}, eval_set, **timing)
-    rows = []
-    for label, size in (("FP32", result.size_fp32_bytes), (config.label, result.size_int8_bytes)):
-        speedup = {b: latency["FP32"][b].median / latency[label][b].median for b in batches}
-        ok, reason = within_budget(fids[label], budget, min_cosine)
-        rows.append(_row(label, None, {b: latency[label][b].to_latency_dict() for b in batches}, speedup, fids[label],
-                         size, ok, reason))
-    report["rows"] = rows
-    report.update(output=result.path, chosen=config.label,
-                  recommendation=f"wrote {result.path}; {_verdict(rows[1]['speedup'])}", quantization=asdict(result))
-    return report
+    result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
+                                   min_cosine=min_cosine, force=job.force, preset_name=chosen.name,
+                                   calib_batch=job.calib_batch, fuse=job.fuse, chunk=job.chunk, progress=say, **timing)
+    fp32_size = file_size(Path(model))
+    first = steps[0]
+    report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
+                           fp32_size, True, "")]
+    for step in steps:
+        label = config.label + (f" ({len(step.excluded)} nodes FP32)" if step.excluded else "")
+        report["rows"].append(_row(label, None, step.latency, step.speedup, step.fidelity, None,
+                                   step.meets_budget, step.reason))
+    report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget} for s in steps]
+    if result is None:
+        best = min(steps, key=lambda s: shortfall(s.fidelity))
+        fallback = f" even with {len(steps[-1].excluded)} nodes kept in FP32" if steps[-1].excluded else ""
+        message = (f"INT8 misses the accuracy budget {budget_text(best.fidelity, budget, min_cosine)}{fallback}: "
+                   f"the best reached {fidelity_text(best.fidelity)}"
+                   + (f" ({len(best.excluded)} nodes in FP32)" if best.excluded else "")
+                   + f"; nothing written to {output}")
+        report.update(failed=True, recommendation=message)
+        raise BudgetError(message, report, hint=_loosen_hint())
+    if steps[-1].excluded:
+        notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
+    report.update(output=result.path, chosen=result.label,
+                  recommendation=f"wrote {result.path}; {_verdict(steps[-1].speedup)}", quantization=asdict(result))
+    return _fill_sizes(report, result)
+
+
+def _loosen_hint() -> str:
+    return ("loosen it with " + option("--max-accuracy-drop", "max_accuracy_drop") + " or "
+            + option("--min-cosine", "min_cosine") + ", or calibrate on more representative data")
 
 
 def _verdict(speedup: dict) -> str:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolchain.core.errors import option
 from toolchain.core.stats import Summary
 from toolchain.data.dataset import Dataset
 from toolchain.runtime.outputs import Fidelity, fidelity, is_classifier, pooled, run_outputs
 
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # points: the budget for classifiers when no --max-accuracy-drop is given
+DEFAULT_MIN_COSINE = 0.99  # the budget for models without classes when no --min-cosine is given
 MIN_SPEEDUP = 1.05  # below this geometric-mean speed-up, INT8 does not pay for its accuracy risk
 WARMUP = 3  # untimed rounds before :func:`speed_and_fidelity`'s interleaved runs, per batch size
 
@@ -36,12 +39,44 @@ def within_budget(fid: Fidelity, max_drop_points: float, min_cosine: float) -> t
     ``min_cosine`` (0 to 1) of the outputs against FP32."""
     if fid.accuracy_drop_points is not None:
         ok = fid.accuracy_drop_points <= max_drop_points
-        return ok, "" if ok else f"accuracy drop {fid.accuracy_drop_points:.2f} points > {max_drop_points}"
+        return ok, "" if ok else f"accuracy drop {fid.accuracy_drop_points:.2f} points > {max_drop_points:g}"
     if fid.agreement is not None:
         ok = 100 * (1 - fid.agreement) <= max_drop_points
-        return ok, "" if ok else f"top-1 disagreement {100 * (1 - fid.agreement):.2f}% > {max_drop_points}"
+        return ok, "" if ok else f"top-1 disagreement {100 * (1 - fid.agreement):.2f} points > {max_drop_points:g}"
     ok = fid.cosine >= min_cosine
-    return ok, "" if ok else f"cosine {fid.cosine:.5f} < {min_cosine}"
+    return ok, "" if ok else f"cosine {fid.cosine:.5f} < {min_cosine:g}"
+
+
+def budget_text(fid: Fidelity, max_drop_points: float, min_cosine: float) -> str:
+    """The budget :func:`within_budget` applies to ``fid``, with the option that sets it:
+    ``--max-accuracy-drop 1 (accuracy drop <= 1 point)``, ``... (top-1 disagreement <= 1 point)`` or
+    ``--min-cosine 0.99 (cosine >= 0.99)``."""
+    if fid.accuracy_drop_points is not None or fid.agreement is not None:
+        what = "accuracy drop" if fid.accuracy_drop_points is not None else "top-1 disagreement"
+        unit = "point" if max_drop_points == 1 else "points"
+        return (option(f"--max-accuracy-drop {max_drop_points:g}", f"max_accuracy_drop={max_drop_points:g}")
+                + f" ({what} <= {max_drop_points:g} {unit})")
+    return option(f"--min-cosine {min_cosine:g}", f"min_cosine={min_cosine:g}") + f" (cosine >= {min_cosine:g})"
+
+
+def fidelity_text(fid: Fidelity) -> str:
+    """The measure of ``fid`` that the budget judges: ``accuracy drop 2.10 points``, ``top-1 disagreement
+    3.00 points`` or ``cosine 0.97512``."""
+    if fid.accuracy_drop_points is not None:
+        return f"accuracy drop {fid.accuracy_drop_points:.2f} points"
+    if fid.agreement is not None:
+        return f"top-1 disagreement {100 * (1 - fid.agreement):.2f} points"
+    return f"cosine {fid.cosine:.5f}"
+
+
+def shortfall(fid: Fidelity) -> float:
+    """How far ``fid`` is from FP32 on the measure the budget judges (lower is better): accuracy drop
+    points, else top-1 disagreement points, else ``1 - cosine``."""
+    if fid.accuracy_drop_points is not None:
+        return float(fid.accuracy_drop_points)
+    if fid.agreement is not None:
+        return 100 * (1 - fid.agreement)
+    return 1 - fid.cosine
 
 
 def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ def file_size(path: Path) -> int:
 
 def quantize_model(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None = None,
                    *, calib_batch: int = 8, fuse: bool = True, force: bool = False, preset_name: str | None = None,
-                   chunk: int | None = None, keep_preprocessed: str | Path | None = None) -> QuantizeResult:
+                   chunk: int | None = None, keep_preprocessed: str | Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize the FP32 ONNX model at ``model_path`` to ``output``.
 
     Static mode needs ``calibration`` (samples fed ``calib_batch`` at a time; ``chunk`` bounds how many
@@ -112,7 +114,8 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
     a copy of the FP32 graph that was quantized (node names to exclude refer to it). The output keeps the input's
     metadata (provenance, node-to-module map) and adds ``toolchain.quantization``. Written atomically;
     an existing output needs ``force``. ``calib_batch`` counts samples (histogram calibrators take one
-    at a time); ``preset_name`` is only recorded. Returns what was written (:class:`QuantizeResult`).
+    at a time); ``preset_name`` is only recorded. ``progress`` receives one line of text before each
+    long step (fusions, pre-processing, calibration). Returns what was written (:class:`QuantizeResult`).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -133,14 +136,17 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                              hint=("pass " + option("--calib DATA", "calibration") + ", or use "
                                    + option("--mode dynamic", "QuantConfig(mode='dynamic')")))
     started = time.perf_counter()
+    say = progress or (lambda _text: None)
     kind = model_type(src) if fuse else None
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     with atomic_dir(final) as scratch:
         with captured_output():  # ORT's quantizer and calibrators print progress on stdout
             current = src
             if kind:
+                say(f"{kind} transformer fusions")
                 current = _fuse_transformer(src, kind, scratch / "fused.onnx")
             pre = scratch / "pre.onnx"
+            say("pre-processing the FP32 graph")
             try:
                 # ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx + <uuid>.data into the
                 # working directory when it gives up: keep that litter inside the scratch directory.
@@ -155,6 +161,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
             out = scratch / final.name
             try:
                 if config.mode == "dynamic":
+                    say(f"quantizing weights ({config.label})")
                     quantize_dynamic(str(pre), str(out), per_channel=config.per_channel, reduce_range=config.reduce_range,
                                      op_types_to_quantize=list(config.op_types) if config.op_types else None,
                                      weight_type=qtype[config.weights], nodes_to_exclude=list(config.exclude) or None,
@@ -175,6 +182,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                     # on transformers, static quantization of anything but weight MatMuls wrecks the output
                     # (MiniLM: cosine 0.30 with every op, 0.94 with MatMuls only); dynamic is the better mode
                     op_types = config.op_types or (("MatMul",) if kind else None)
+                    say(f"calibrating on {len(calibration)} samples ({config.calibration}) and quantizing")
                     quantize_static(str(pre), str(out), CalibrationReader(calibration, batch),
                                     op_types_to_quantize=list(op_types) if op_types else None,
                                     quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
