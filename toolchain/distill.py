@@ -226,7 +226,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         work = new_scratch_dir(out)  # .NAME.toolchain-tmp-PID: remove_stale removes it once its process is gone
     out.mkdir(exist_ok=True)
     for name in (STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE):
-        remove_stale(out, f".{name}.toolchain-tmp-*")  # left by a killed run
+        remove_stale(out, f".{name}.{SCRATCH_TMP}-*")  # left by a killed run
 
     best = dict(state["best"]) if state is not None else {"epoch": None, "value": None}
     seconds: list[float] = list(state["seconds"]) if state is not None else []
@@ -301,7 +301,7 @@ def _publish_run(scratch: Path, out: Path) -> None:
     the user's own there are kept, so then each file is moved in on its own (the report last: it is what
     names the run)."""
     ours = {STUDENT_FILE, CHECKPOINT_FILE, REPORT_FILE}
-    foreign = [p for p in out.iterdir() if p.name not in ours and not p.name.startswith(tuple(f".{n}.toolchain-tmp-" for n in ours))]
+    foreign = [p for p in out.iterdir() if p.name not in ours and not p.name.startswith(tuple(f".{n}.{SCRATCH_TMP}-" for n in ours))]
     if not foreign:
         publish(scratch, out)
         return

@@ -5,12 +5,9 @@ from __future__ import annotations
 import click
 
 from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout, status
-from toolchain.pipeline import STAGES, Recipe, Wording
+from toolchain.pipeline import STAGES, Recipe
 
 _DEFAULT = Recipe()  # the help quotes the recipe's defaults
-# the library's errors name the job's fields as the command's flags
-CLI_WORDING = Wording(from_stage="--from", until="--until", output="-o", data="--data",
-                      again="run the same command again")
 
 
 @click.command()
@@ -69,7 +66,7 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
     with json_safe_stdout(as_json), status("pipeline", quiet=is_quiet(ctx, as_json)) as progress:
         job = PipelineJob(model=model, target=target_spec, data=data, output=output,
                           recipe=Recipe.load(recipe_path, overrides), from_stage=from_stage, until=until)
-        manifest = run_pipeline(job, progress=progress, wording=CLI_WORDING)
+        manifest = run_pipeline(job, progress=progress)
 
     def metrics(stage: str) -> dict:
         entry = manifest.stages.get(stage)

@@ -6,17 +6,16 @@ import click
 
 from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout, status
 from toolchain.energy import METERS
-
-# The same maxima as toolchain.profile.run (MAX_REPEATS, ...; a test keeps them equal), repeated here so
-# that building the CLI does not import numpy.
-MAX_REPEATS = 1000
-MAX_WINDOW_S = 600.0
-MAX_IDLE_S = 600.0
-MAX_WARMUP = 100_000
-MAX_PROFILE_RUNS = 10_000
-MAX_BATCH = 65_536
-MAX_SEQ_LEN = 65_536
-MAX_WATTS = 100_000.0
+from toolchain.profile.limits import (
+    MAX_BATCH,
+    MAX_IDLE_S,
+    MAX_PROFILE_RUNS,
+    MAX_REPEATS,
+    MAX_SEQ_LEN,
+    MAX_WARMUP,
+    MAX_WATTS,
+    MAX_WINDOW_S,
+)
 
 
 def check_threads_option(ctx, param, value):

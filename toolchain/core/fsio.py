@@ -173,8 +173,7 @@ def remove_stale(directory: Path, pattern: str) -> None:
     """Remove what a killed run left behind in ``directory``: the entries matching the glob ``pattern``
     that are scratch names of ours (:func:`scratch_path`: ``.NAME.toolchain-tmp-PID`` or
     ``.NAME.toolchain-old-PID``) whose process is gone. Any other name is never removed, whatever
-    ``pattern`` says. A pattern written for the older names (``.NAME.tmp-*``, ``.NAME.old-*``) means ours."""
-    pattern = re.sub(r"\.(tmp|old)-\*$", lambda m: f".toolchain-{m.group(1)}-*", pattern)
+    ``pattern`` says."""
     for stale in directory.glob(pattern):
         pid = scratch_pid(stale.name)
         if pid is None or pid_alive(pid):

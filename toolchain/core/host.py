@@ -95,22 +95,15 @@ def host_kind(arch: str | None = None, cpu_flags: set[str] | None = None) -> str
 
 def versions() -> dict[str, str | None]:
     """Installed versions (None when missing), read from package metadata without importing anything."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES}}
 
 
 def provenance_versions() -> dict[str, str | None]:
     """The versions a measurement records (toolchain, onnxruntime of whichever build is installed, onnx,
-    python, machine), from :func:`versions`."""
-    v = versions()
-    ort = next((found for name in ORT_DISTRIBUTIONS if (found := v.get(name) or _version(name))), None)
-    return {"toolchain": v["toolchain"], "onnxruntime": ort, "onnx": v["onnx"], "python": v["python"],
-            "machine": platform.machine()}
+    python, machine)."""
+    ort = next((found for name in ORT_DISTRIBUTIONS if (found := _version(name))), None)
+    return {"toolchain": _version("toolchain"), "onnxruntime": ort, "onnx": _version("onnx"),
+            "python": platform.python_version(), "machine": platform.machine()}
 
 
 def _version(name: str) -> str | None:

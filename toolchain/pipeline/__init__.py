@@ -36,7 +36,7 @@ Other packages import from here (the package), never from its modules::
 """
 
 from toolchain.formats.manifest import Manifest, StageEntry
-from toolchain.pipeline.context import API_WORDING, Run, Wording
+from toolchain.pipeline.context import Run
 from toolchain.pipeline.recipe import STAGE_FIELDS, STAGES, Recipe
 from toolchain.pipeline.runner import (
     PipelineJob,
@@ -49,6 +49,6 @@ from toolchain.pipeline.runner import (
 from toolchain.pipeline.search import OBJECTIVE, choose, objective
 from toolchain.pipeline.stages import STAGE_FUNCS
 
-__all__ = ["API_WORDING", "OBJECTIVE", "STAGES", "STAGE_FIELDS", "STAGE_FUNCS", "Manifest", "PipelineJob", "Recipe",
-           "Run", "RunLock", "StageEntry", "Wording", "check_run_dir", "choose", "lock_run_dir", "objective", "run_pipeline",
+__all__ = ["OBJECTIVE", "STAGES", "STAGE_FIELDS", "STAGE_FUNCS", "Manifest", "PipelineJob", "Recipe",
+           "Run", "RunLock", "StageEntry", "check_run_dir", "choose", "lock_run_dir", "objective", "run_pipeline",
            "stage_key"]

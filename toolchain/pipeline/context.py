@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolchain.core.errors import ToolchainError
+from toolchain.core.errors import ToolchainError, option
 from toolchain.formats.manifest import Manifest, StageEntry
 from toolchain.pipeline.recipe import Recipe
 
@@ -21,19 +21,12 @@ if TYPE_CHECKING:
     from toolchain.targets.target import Target
 
 
-@dataclass(frozen=True)
-class Wording:
-    """How the pipeline's errors name the job's fields and a re-run: the API's names by default;
-    ``toolchain pipeline`` passes its flags (``--from``, ``-o`` ...)."""
-
-    from_stage: str = "from_stage"
-    until: str = "until"
-    output: str = "output"
-    data: str = "data"
-    again: str = "call run_pipeline again with the same job"
-
-
-API_WORDING = Wording()
+# how the pipeline's errors name the job's fields: flags on the command line, parameters in the API
+FROM = option("--from", "from_stage")
+UNTIL = option("--until", "until")
+OUTPUT = option("-o", "output")
+DATA = option("--data", "data")
+AGAIN = option("run the same command again", "call run_pipeline again with the same job")
 
 
 @dataclass
@@ -47,7 +40,6 @@ class Run:
     root: Path
     manifest: Manifest
     progress: Callable[[str], None] = lambda _text: None
-    wording: Wording = API_WORDING
 
     def dir(self, stage: str) -> Path:
         """The directory of a finished stage."""
@@ -144,7 +136,7 @@ def quant_config(run: Run, label: str):
     config = next((c for c in (p.static, p.transformer, *p.candidates) if c.label == label), None)
     if config is None:
         raise ToolchainError(f"the chosen INT8 configuration {label!r} is not in preset {p.name}",
-                             hint=f"{run.wording.from_stage} search")
+                             hint=f"{FROM} search")
     return config
 
 

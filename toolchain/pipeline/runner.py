@@ -37,7 +37,7 @@ from toolchain.core.fsio import (
     sha256_text,
 )
 from toolchain.formats.manifest import MANIFEST, Inputs, Manifest, StageEntry, hash_outputs, is_run_manifest
-from toolchain.pipeline.context import API_WORDING, Run, Wording
+from toolchain.pipeline.context import AGAIN, FROM, OUTPUT, UNTIL, Run
 from toolchain.pipeline.recipe import STAGES, Recipe
 from toolchain.pipeline.stages import STAGE_FUNCS
 
@@ -69,22 +69,22 @@ def stage_key(stage: str, recipe: Recipe, earlier: str) -> str:
     return digest(stage, recipe.stage_config(stage), earlier)
 
 
-def _check_stages(job: PipelineJob, w: Wording) -> None:
-    for name, value in ((w.from_stage, job.from_stage), (w.until, job.until)):
+def _check_stages(job: PipelineJob) -> None:
+    for name, value in ((FROM, job.from_stage), (UNTIL, job.until)):
         if value is not None and value not in STAGES:
             raise ToolchainError(f"{name} {value!r} is not a stage", hint=f"stages: {', '.join(STAGES)}")
     if job.from_stage and job.until and STAGES.index(job.from_stage) > STAGES.index(job.until):
-        raise ToolchainError(f"{w.from_stage} {job.from_stage} comes after {w.until} {job.until}")
+        raise ToolchainError(f"{FROM} {job.from_stage} comes after {UNTIL} {job.until}")
 
 
-def _run_dir(job: PipelineJob, input_paths: list[str], w: Wording) -> Path:
+def _run_dir(job: PipelineJob, input_paths: list[str]) -> Path:
     root = Path(job.output).expanduser().resolve()
     if root in [Path(p).resolve() for p in input_paths] or (Path(job.data).exists() and
                                                              Path(job.data).resolve() == root):
-        raise ToolchainError(f"{job.output}: refusing to write into an input; choose another {w.output}")
+        raise ToolchainError(f"{job.output}: refusing to write into an input; choose another {OUTPUT}")
     if root.exists() and not root.is_dir():
         raise ToolchainError(f"{job.output}: exists and is not a directory")
-    check_run_dir(root, w, shown=str(job.output))
+    check_run_dir(root, shown=str(job.output))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -103,7 +103,7 @@ def _is_our_lock(path: Path) -> bool:
     return text == "" or text.isdigit()
 
 
-def check_run_dir(root: Path, w: Wording = API_WORDING, shown: str | None = None) -> None:
+def check_run_dir(root: Path, shown: str | None = None) -> None:
     """Refuse (:class:`ToolchainError`, nothing touched) an existing directory that is neither empty nor
     a run directory of ours: one whose ``manifest.json`` is a pipeline manifest. The lock and scratch
     names of ours (``.NAME.toolchain-tmp-PID``) do not count as content."""
@@ -116,7 +116,7 @@ def check_run_dir(root: Path, w: Wording = API_WORDING, shown: str | None = None
     if foreign:
         raise ToolchainError(f"{shown or root}: not empty and not a pipeline run directory (it holds {foreign[0]!r} "
                              f"and no pipeline {MANIFEST}); nothing was changed",
-                             hint=f"choose a new or empty {w.output}")
+                             hint=f"choose a new or empty {OUTPUT}")
 
 
 class RunLock:
@@ -147,7 +147,7 @@ def _same_file(path: Path, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def lock_run_dir(root: Path, w: Wording = API_WORDING) -> RunLock:
+def lock_run_dir(root: Path) -> RunLock:
     """Take the run directory's lock or raise :class:`ToolchainError` naming the process that holds it."""
     path = root / LOCK
     for _ in range(100):  # retried only when the holder removed the file just as it was opened
@@ -162,7 +162,7 @@ def lock_run_dir(root: Path, w: Wording = API_WORDING) -> RunLock:
             os.close(fd)
             who = f"pid {holder}" if holder.isdigit() else "starting"
             raise ToolchainError(f"{root}: another pipeline ({who}) is running in this directory",
-                                 hint=f"wait for it, or choose another {w.output}") from None
+                                 hint=f"wait for it, or choose another {OUTPUT}") from None
         if not _same_file(path, fd):  # its holder removed it between our open and our flock
             os.close(fd)
             continue
@@ -172,28 +172,27 @@ def lock_run_dir(root: Path, w: Wording = API_WORDING) -> RunLock:
     raise ToolchainError(f"{root}: cannot take the lock {LOCK} (it keeps changing)")
 
 
-def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = None,
-                 wording: Wording = API_WORDING) -> Manifest:
+def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = None) -> Manifest:
     """Run the job's stages (skipping finished ones whose inputs did not change) and return the manifest.
 
-    ``progress`` receives one line of text as the run goes; ``wording`` is how errors name the job's fields
-    (the command passes its flags). Raises :class:`ToolchainError` for bad inputs and for a stage that
+    ``progress`` receives one line of text as the run goes; errors name the job's fields with
+    :func:`toolchain.core.errors.option` (flags on the command line). Raises :class:`ToolchainError` for bad inputs and for a stage that
     fails or is interrupted (exit code 130), after recording it in the manifest."""
     from toolchain.core.host import provenance_versions as versions
     from toolchain.model.load import load_model
     from toolchain.profile.run import check_usable
     from toolchain.targets.target import load_target
 
-    _check_stages(job, wording)
+    _check_stages(job)
     target = load_target(job.target)
     check_usable(target)
     say = progress or (lambda _text: None)
     say("loading the model")
     loaded = load_model(job.model)
-    root = _run_dir(job, loaded.input_paths, wording)
-    lock = lock_run_dir(root, wording)
+    root = _run_dir(job, loaded.input_paths)
+    lock = lock_run_dir(root)
     try:
-        check_run_dir(root, wording, shown=str(job.output))  # again, now that no other run can change it
+        check_run_dir(root, shown=str(job.output))  # again, now that no other run can change it
         remove_stale(root, f".*.{SCRATCH_TMP}-*")  # stage directories and manifest writes of a killed run
         remove_stale(root, f".*.{SCRATCH_OLD}-*")  # a stage directory a killed run was replacing
         previous = Manifest.read(root / MANIFEST)
@@ -201,7 +200,7 @@ def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = N
         inputs = Inputs(model=job.model, model_hash=loaded.source_hash, task=loaded.task, data=job.data,
                         data_sha256=data_hash, target=target.to_dict())
         manifest = Manifest(inputs, asdict(job.recipe), versions(), previous.stages if previous else {})
-        run = Run(job.model, target, job.data, job.recipe, root, manifest, say, wording)
+        run = Run(job.model, target, job.data, job.recipe, root, manifest, say)
         _run_stages(run, job)
         return manifest
     finally:
@@ -209,7 +208,7 @@ def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = N
 
 
 def _run_stages(run: Run, job: PipelineJob) -> None:
-    manifest, say, w = run.manifest, run.progress, run.wording
+    manifest, say = run.manifest, run.progress
     earlier = digest(manifest.inputs.to_dict())
     first = STAGES.index(job.from_stage) if job.from_stage else None
     last = STAGES.index(job.until) if job.until else len(STAGES) - 1
@@ -223,8 +222,8 @@ def _run_stages(run: Run, job: PipelineJob) -> None:
             earlier = digest(key, entry.outputs)  # what later stages build on: these exact files
             continue
         if first is not None and i < first:
-            raise ToolchainError(f"{w.from_stage} {job.from_stage}: the earlier stage {stage} is not done with "
-                                 "these inputs", hint=f"run without {w.from_stage}, or {w.from_stage} {stage}")
+            raise ToolchainError(f"{FROM} {job.from_stage}: the earlier stage {stage} is not done with "
+                                 "these inputs", hint=f"run without {FROM}, or {FROM} {stage}")
         outputs = _run_stage(run, stage, key)
         earlier = digest(key, outputs)
         manifest.write(run.root / MANIFEST)
@@ -280,7 +279,7 @@ def _stage_error(run: Run, stage: str, exc: BaseException) -> ToolchainError:
         what = inner if inner.startswith("interrupted") else "interrupted"  # "interrupted after epoch 1/2"
         saved = (f"{', '.join(done)} {'is' if len(done) == 1 else 'are'} saved and will be reused" if done
                  else f"no stage was saved yet; {stage} starts over")
-        err = ToolchainError(f"{what} (in stage {stage}); {saved}", hint=f"{run.wording.again} to continue")
+        err = ToolchainError(f"{what} (in stage {stage}); {saved}", hint=f"{AGAIN} to continue")
         err.exit_code = 130
         return err
     assert isinstance(exc, ToolchainError)

@@ -24,6 +24,7 @@ from typing import Any
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import atomic_write
 from toolchain.pipeline.context import (
+    DATA,
     Run,
     chosen,
     datasets,
@@ -70,7 +71,7 @@ def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
     data = load_dataset_for(run.data, loaded, DataOptions(samples=r.samples, seq_len=r.seq_len, seed=r.seed))
     if data.synthetic:
         raise ToolchainError(f"{run.data}: random data cannot judge accuracy",
-                             hint=f"give real data with {run.wording.data}")
+                             hint=f"give real data with {DATA}")
     held = max(4, len(data) // 4)
     _save_npz(out / "eval.npz", data.take(0, held))
     _save_npz(out / "train.npz", data.take(held, None))

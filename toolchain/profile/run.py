@@ -20,19 +20,18 @@ from toolchain.core.host import provenance_versions
 from toolchain.energy import Meter, MeterOptions, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import attribute
+from toolchain.profile.limits import (
+    MAX_BATCH,
+    MAX_IDLE_S,
+    MAX_PROFILE_RUNS,
+    MAX_REPEATS,
+    MAX_SEQ_LEN,
+    MAX_WARMUP,
+    MAX_WATTS,
+    MAX_WINDOW_S,
+    MIN_WINDOW_S,
+)
 from toolchain.profile.measure import Measurement, measure
-
-# Sane maxima of the measuring options (the commands' Click ranges use the same figures): a run is a few
-# minutes at most, and a typo (--idle 1e9, --repeats 10000000) is an error, not a process that never ends.
-MAX_REPEATS = 1000
-MAX_WINDOW_S = 600.0
-MIN_WINDOW_S = 0.05
-MAX_IDLE_S = 600.0
-MAX_WARMUP = 100_000
-MAX_PROFILE_RUNS = 10_000
-MAX_BATCH = 65_536
-MAX_SEQ_LEN = 65_536
-MAX_WATTS = 100_000.0  # --watts / --watts-per-core of the estimate meter
 
 
 def _check_int(value, name: str, api: str, low: int, high: int) -> None:
