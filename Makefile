@@ -39,7 +39,13 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 $(FASHION):
 	apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
-bench: install $(FASHION)
+# More real photographs for builtin:photos-test (held-out crops for EfficientNet-Lite0): Debian's nature
+# wallpapers; without them builtin:photos uses scikit-image's sample photos only
+PHOTOS := /usr/share/backgrounds/mate/nature
+$(PHOTOS):
+	apt-get install -y -q mate-backgrounds || (apt-get update -q && apt-get install -y -q mate-backgrounds)
+
+bench: install $(FASHION) $(PHOTOS)
 	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_quantize.py
 	$(PY) benchmarks/bench_timing.py

@@ -109,3 +109,28 @@ def test_fashion_mnist_reader_on_a_fake_idx_tree(tmp_path):
     assert (x == images).all() and y.tolist() == [7, 3]
     with pytest.raises(ToolchainError, match="dataset-fashion-mnist"):
         fashion_mnist("train", root=tmp_path)
+
+
+def test_builtin_photos_split_by_photograph():
+    from toolchain.core.onnxfile import ModelInput
+    from toolchain.data.load import load_for_inputs
+    from toolchain.data.photos import CROPS, crop_boxes, photo_files, split_files
+
+    files = photo_files()
+    assert len(files) >= 12  # scikit-image's sample photographs at least
+    calib, test = split_files("calibration"), split_files("test")
+    assert set(calib).isdisjoint(test) and set(calib) | set(test) == set(files)
+    assert len(test) >= 2 * len(calib)
+    boxes = crop_boxes(640, 427)
+    assert len(boxes) == CROPS and all(r - left == b - t and 0 <= left and r <= 640 and b <= 427
+                                       for left, t, r, b in boxes)
+    inputs = [ModelInput("pixel_values", ("batch", 3, 96, 96), "float32")]
+    ds = load_for_inputs("builtin:photos", inputs, {}, DataOptions())
+    assert ds.source == "builtin:photos" and len(ds) == CROPS * len(calib) and ds.labels is None
+    x = ds.feeds["pixel_values"]
+    assert x.shape[1:] == (3, 96, 96) and x.dtype == np.float32
+    assert -2.2 < x.min() < -1.0 and 1.5 < x.max() < 2.7  # ImageNet-normalised real pixels
+    held = load_for_inputs("builtin:photos-test", inputs, {}, DataOptions(samples=20))
+    assert held.source == "builtin:photos-test" and len(held) == 20
+    # crops of different photographs differ: no duplicated crops across the split
+    assert not np.isclose(held.feeds["pixel_values"][:, None], x[None, :20]).all(axis=(2, 3, 4)).any()

@@ -84,6 +84,26 @@ def test_packaged_pretrained_models():
     assert sum(p.numel() for p in minilm.module.parameters()) == pytest.approx(22.7e6, rel=0.01)
 
 
+def test_efficientnet_lite0_has_its_imagenet_weights():
+    import numpy as np
+    from PIL import Image
+
+    from toolchain.data.photos import photo_files
+
+    net = load_model("efficientnet-lite0")
+    assert net.kind == "pretrained" and net.inputs[0].shape == (1, 3, 224, 224)
+    assert sum(p.numel() for p in net.module.parameters()) == pytest.approx(4.65e6, rel=0.02)
+    # scikit-image's chelsea.png is a tabby cat: ImageNet classes 281-285 are the domestic cats
+    chelsea = [f for f in photo_files() if f.name == "chelsea.png"]
+    assert chelsea
+    img = Image.open(chelsea[0]).convert("RGB").resize((224, 224))
+    mean, std = np.array(net.preprocessing["mean"]), np.array(net.preprocessing["std"])
+    x = (np.asarray(img, np.float32) / 255 - mean) / std
+    with torch.no_grad():
+        logits = net.module(torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float32))
+    assert 281 <= int(logits.argmax()) <= 285
+
+
 def test_transformers_directory_with_task(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 

