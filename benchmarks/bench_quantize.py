@@ -4,7 +4,10 @@ For the ResNet-18/50 layouts, MobileNetV2, the BERT-base layout, the real MiniLM
 and the real ccexam MNIST CNN (on real MNIST digits): latency at batch 1 and 8 (interleaved runs,
 medians), speed-up against FP32, size ratio, and fidelity (cosine, top-1 agreement, accuracy with labels).
 
-Prints a table and writes benchmarks/results/quantize.json.
+Prints a table and writes benchmarks/results/quantize.json. Then, unless ``--models`` is given, runs
+benchmarks/bench_quantize_peers.py: EfficientNet-Lite0 on real photo crops and MiniLM on real sentences,
+the tool against ONNX Runtime by hand (``quantize_static`` defaults, U8S8 per-channel, ``quantize_dynamic``
+defaults), 1 and 2 threads.
 Usage: python benchmarks/bench_quantize.py [--models resnet-50,minilm] [--runs 10]
 """
 
@@ -47,7 +50,7 @@ def configs_for(name: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=None)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
 
@@ -62,7 +65,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in (args.models or ",".join(MODELS)).split(","):
             spec, n_calib, n_eval = MODELS[name]
             fp32 = Path(tmp) / f"{name}.onnx"
             model = (load_model(DEPTHWISE, input_shapes=["pixel_values:1x3x224x224"]) if name == "depthwise-net"
@@ -106,6 +109,12 @@ def main() -> None:
                                            "python": platform.python_version()}, "runs": args.runs, "rows": rows},
                               indent=2))
     print(f"wrote {out}")
+    if args.models is None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_quantize_peers import main as peers
+
+        sys.argv = [sys.argv[0]]
+        peers()
 
 
 if __name__ == "__main__":

@@ -294,3 +294,19 @@ def test_one_cpuinfo_parser(tmp_path):
     assert info.model == cpu_model(f) == "Intel(R) Xeon(R) Platinum 8480+"
     assert info.features["AVX512-VNNI"] and not info.features["AVX-VNNI"]
     assert host_cpu_flags(tmp_path / "missing") is None and cpu_model(tmp_path / "missing") == "unknown"
+
+
+def test_preset_reason_names_the_cpu_and_the_deciding_instruction_set(monkeypatch):
+    from toolchain.core import host
+    from toolchain.targets.presets import preset_reason
+
+    monkeypatch.setattr(host, "host_arch", lambda: "x86_64")
+    monkeypatch.setattr(host, "cpu_info", lambda *a: host.CpuInfo("Test Xeon", 2, "x86_64", {}))
+    monkeypatch.setattr(host, "host_cpu_flags", lambda *a: {"avx2", "avx512_vnni"})
+    text = preset_reason(None)
+    assert text.startswith("preset x86-vnni") and "Test Xeon has AVX512-VNNI" in text and "reduce-range" not in text
+    monkeypatch.setattr(host, "host_cpu_flags", lambda *a: {"avx2", "avx_vnni"})
+    text = preset_reason(None)
+    assert text.startswith("preset x86 ") and "no AVX512-VNNI (AVX-VNNI only)" in text and "reduce-range" in text
+    assert preset_reason("gpu", "cuda").endswith("the quantization preset of target cuda")
+    assert preset_reason("arm64").endswith("asked for by name")

@@ -76,7 +76,7 @@ _DYNAMIC = QuantConfig(mode="dynamic")
 
 
 PRESETS: dict[str, QuantPreset] = {p.name: p for p in (
-    QuantPreset("x86-vnni", "x86-64 CPU with AVX512-VNNI or AVX-VNNI (CPU EP)", _U8S8, _DYNAMIC,
+    QuantPreset("x86-vnni", "x86-64 CPU with AVX512-VNNI (CPU EP)", _U8S8, _DYNAMIC,
                 (_U8S8, _S8S8, _DYNAMIC)),
     # Without VNNI, ORT's u8s8 kernels can saturate 16-bit intermediates; 7-bit weights avoid it. Measured
     # here (AVX2): same speed as full-range U8S8, higher fidelity (MNIST CNN cosine 0.99995 vs 0.9990).
@@ -93,6 +93,26 @@ def host_preset() -> str:
     """The preset for this machine's CPU (``x86-vnni``, ``x86`` or ``arm64``): the preset of the default
     target, by the one host rule :func:`toolchain.core.host.host_kind`."""
     return HOST_KINDS[host_kind()][1]
+
+
+def preset_reason(name: str | None, target: str | None = None) -> str:
+    """Why the preset ``name`` (None: this machine's) applies, in one sentence for a report: the target
+    that names it, or this machine's CPU and the instruction set that decides (AVX512-VNNI or not)."""
+    from toolchain.core.host import cpu_info, host_cpu_flags
+
+    chosen = preset(name)
+    what = f"{chosen.name} ({chosen.description}; static default {chosen.static.label})"
+    if target and target != chosen.name:
+        return f"preset {what}: the quantization preset of target {target}"
+    if name and name != host_preset():
+        return f"preset {what}: asked for by name"
+    cpu = cpu_info().model or "this CPU"
+    flags = host_cpu_flags() or set()
+    why = {"x86-vnni": "has AVX512-VNNI, so full-range U8S8 runs on VNNI dot products",
+           "x86": ("has no AVX512-VNNI" + (" (AVX-VNNI only)" if "avx_vnni" in flags else "")
+                   + ": U8S8 with 7-bit weights (reduce-range) avoids the 16-bit saturation of AVX2 u8s8 kernels"),
+           "arm64": "is ARM64: S8S8 on the dot-product instructions"}[host_preset()]
+    return f"preset {what}: {cpu} {why}"
 
 
 def preset(name: str | None) -> QuantPreset:
