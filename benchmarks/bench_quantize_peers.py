@@ -90,7 +90,7 @@ def main() -> None:
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.model.load import load_model
     from toolchain.quantize import speed_and_fidelity
-    from toolchain.quantize.job import QuantizeJob, run_quantize
+    from toolchain.quantize.job import BudgetError, QuantizeJob, run_quantize
     from toolchain.runtime.outputs import fidelity, is_classifier, pooled, run_outputs
     from toolchain.runtime.session import create_session
     from toolchain.runtime.timing import conditions
@@ -113,13 +113,16 @@ def main() -> None:
             transformer = name == "minilm"
             paths = {"FP32": fp32, **ort_peers(fp32, tmp, calib, transformer)}
             started = time.perf_counter()
-            report = run_quantize(QuantizeJob(model=str(fp32), output=str(tmp / f"{name}-tool.onnx"),
-                                              calib_data=calib_spec, calib_samples=n_calib,
-                                              eval_data=None if calib_spec == eval_spec else eval_spec,
-                                              eval_samples=n_eval, seq_len=opts.seq_len))
+            job = QuantizeJob(model=str(fp32), output=str(tmp / f"{name}-tool.onnx"), calib_data=calib_spec,
+                              calib_samples=n_calib, eval_data=None if calib_spec == eval_spec else eval_spec,
+                              eval_samples=n_eval, seq_len=opts.seq_len)
+            try:
+                report = run_quantize(job)
+            except BudgetError as err:  # over budget: the tool writes nothing, and says so
+                report = {**err.report, "recommendation": str(err)}
             tool_seconds = time.perf_counter() - started
             tool_reports[name] = {k: report.get(k) for k in ("preset", "quantization", "guard", "notes",
-                                                             "recommendation", "timing")}
+                                                             "recommendation", "timing", "failed")}
             if report.get("output"):
                 paths[f"toolchain ({report['quantization']['label']})"] = Path(report["output"])
             else:

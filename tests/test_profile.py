@@ -215,6 +215,16 @@ def test_rapl_missing_is_a_clear_error(fp32_and_int8, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_int8_model_info_names_its_quantization(fp32_and_int8):
+    from toolchain.profile.run import model_info
+    from toolchain.targets.presets import QuantConfig
+
+    fp32, int8 = fp32_and_int8
+    info = model_info(int8, {}, "random")
+    assert info["precision"] == "int8" and info["quantization"] == QuantConfig().label
+    assert model_info(fp32, {}, "random")["quantization"] is None
+
+
 def test_compare_fp32_against_int8(fp32_and_int8, tmp_path):
     fp32, int8 = fp32_and_int8
     r = CliRunner().invoke(main, ["compare", str(fp32), str(int8), "--targets", "x86-cpu,cuda", "--meter", "estimate",

@@ -156,7 +156,7 @@ def model_info(model_path: str | Path, feeds: dict[str, np.ndarray], data_source
             "source": prov.get("source"), "source_kind": prov.get("source_kind"),
             "source_hash": prov.get("source_hash"),
             "precision": "int8" if quant else "fp32",
-            "quantization": quant.get("config", {}).get("label") if isinstance(quant, dict) else None,
+            "quantization": quant.get("label") if isinstance(quant, dict) else None,
             "inputs": {k: list(v.shape) for k, v in feeds.items()}, "data": data_source}
 
 
