@@ -215,6 +215,16 @@ def test_distill_label_free_on_tiny_bert(tmp_path):
     report = json.loads(result.stdout)
     assert report["objective"] == "mse" and report["metric"] == "cosine" and report["data"]["synthetic"]
     assert report["best_epoch"] == 1 and report["best"]["cosine"] > 0.99  # the same random weights
+    assert report["config"]["lr"] == 5e-5  # no --lr: the transformers default
+
+
+def test_default_learning_rate_by_family():
+    from toolchain.distill import DEFAULT_LR, TRANSFORMER_LR, default_lr
+    from toolchain.model.load import load_model
+
+    assert default_lr(load_model("tiny-bert")) == TRANSFORMER_LR == 5e-5
+    assert default_lr(load_model("mnist-cnn")) == DEFAULT_LR == 1e-3
+    assert default_lr(load_model("tiny-resnet")) == DEFAULT_LR  # a transformers CNN is no transformer
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(mnist_npz, student, tmp_path):

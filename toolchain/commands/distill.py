@@ -52,8 +52,9 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Directory for student.pt (best weights), checkpoint.pt and distill.json.")
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--lr", type=FiniteFloatRange(0, min_open=True), default=1e-3, show_default=True,
-              help="Peak AdamW learning rate (cosine schedule over all steps).")
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True),
+              help="Peak AdamW learning rate (cosine schedule over all steps). Default by the teacher's family: "
+                   "5e-5 for transformers (higher rates wreck pretrained weights), 1e-3 for other models.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--temperature", type=FiniteFloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Softmax temperature of the KD loss.")
