@@ -91,10 +91,19 @@ def test_energy_aware_pruning_cuts_costly_layers_within_budget(mnist_costs, tmp_
 
 def test_uniform_magnitude_pruning_with_round_to(tmp_path):
     out = tmp_path / "l2"
-    r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "0.5", "--round-to", "8",
-                                  "--eval", "builtin:mnist", *FAST, "-o", str(out), "--json"])
+    args = ["prune", "mnist-cnn", "--importance", "l2", "--ratio", "0.5", "--round-to", "8", "--eval", "builtin:mnist",
+            *FAST, "-o", str(out), "--json"]
+    # --ratio is judged against the budget like every step: over it, nothing is written
+    refused = CliRunner().invoke(main, [*args, "--max-accuracy-drop", "0"])
+    assert refused.exit_code == 2 and "--ratio 0.5 loses" in refused.output and "nothing written" in refused.output
+    assert not (out / "pruned.json").exists()
+    r = CliRunner().invoke(main, [*args, "--max-accuracy-drop", "5"])
     assert r.exit_code == 0, r.output
-    channels = json.loads(r.output)["result"]["channels"]
+    res = json.loads(r.output)["result"]
+    assert res["reduction_kind"] == "MACs (no cost table)"
+    assert res["reduction"] == pytest.approx(1 - res["macs_after"] / res["macs_before"]) and res["reduction"] > 0.3
+    assert res["steps"][0]["kept"] and res["base_metric"] - res["final_metric"] <= 5
+    channels = res["channels"]
     for name in ("features.0", "features.3", "classifier.0"):
         before, after = channels[name]
         assert after < before and after % 8 == 0

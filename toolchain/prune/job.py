@@ -162,6 +162,16 @@ def run_prune(job: PruneJob, reprofile: Reprofile | None = None, *,
             raise ToolchainError("reprofile_every needs a reprofile callable (export and profile on the target)")
         measure = _per_module(reprofile, loaded, target, job.meter or table.meter.get("name"), metric)
     result = prune_model(loaded, config, train_data, eval_data, costs=per_module, reprofile=measure, progress=progress)
+    if config.ratio is not None and not result.steps[-1].kept:
+        lost = result.base_metric - result.steps[-1].accuracy
+        raise ToolchainError(
+            f"{option(f'--ratio {config.ratio:g}', f'ratio={config.ratio:g}')} loses {lost:.2f} points of "
+            f"{result.metric_name} ({result.base_metric:.2f} -> {result.steps[-1].accuracy:.2f}), over the budget "
+            f"{option(f'--max-accuracy-drop {config.max_accuracy_drop:g}', f'max_accuracy_drop={config.max_accuracy_drop:g}')}"
+            f"; nothing written",
+            hint=f"lower {option('--ratio', 'ratio')}, loosen {option('--max-accuracy-drop', 'max_accuracy_drop')}, "
+                 f"or give {option('--target-energy-reduction', 'target_energy_reduction')} to prune in steps that "
+                 "stop at the budget")
     target_name = target.name if target else None
     extra = {"weights": job.weights, "input_shapes": input_shapes, "target": target_name,
              "costs": CostsUsed(path=str(job.costs), model_sha256=table.model.get("sha256"), meter=table.meter,

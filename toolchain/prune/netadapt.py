@@ -128,8 +128,10 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
                   seed=config.seed, teacher=None if labelled else loaded.module,
                   teacher_loaded=None if labelled else loaded)
 
-    def reduction() -> float:
-        return 1 - sum(current.values()) / total0 if total0 else 0.0
+    def reduction() -> float:  # of the cost table's metric; without one (uniform --ratio), of MACs
+        if not total0:
+            return 1 - count_macs(loaded, module, example) / macs0 if macs0 else 0.0
+        return 1 - sum(current.values()) / total0
 
     measured: float | None = None
     baseline_measured = 0.0
@@ -139,15 +141,24 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
         if progress:
             progress("re-measuring the unpruned model on the target")
         baseline_measured = sum(reprofile(loaded.module).values())
-    if config.ratio is not None:  # one shot, uniform
+    if config.ratio is not None:  # one shot, uniform, judged against the budget like every step
+        started = time.perf_counter()
+        snapshot = copy.deepcopy(module)
+        before = module_work(loaded, module, example)
         if transformer:
             prune_transformer_units(loaded, module, example, transformer_units(module), replace(config, step=config.ratio))
         else:
             apply_pruning(loaded, module, example, float(config.ratio), ignored(module), config, grads)
+        predicted = predict_costs(current, before, module_work(loaded, module, example))
         finetune(module)
         acc = metric(module)
-        steps.append(StepRecord(step=1, pruned=["all"], kept=True, accuracy=acc, params=count_params(module),
-                                predicted_reduction=reduction()))
+        kept = base - acc <= config.max_accuracy_drop
+        if kept:
+            current = predicted
+        else:
+            module = snapshot
+        steps.append(StepRecord(step=1, pruned=["all"], kept=kept, accuracy=acc, params=count_params(module),
+                                predicted_reduction=reduction(), seconds=time.perf_counter() - started))
     else:
         frozen: set[str] = set()
         rollbacks = 0
@@ -206,7 +217,8 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
                        metric_name="accuracy %" if labelled else "cosine x 100",
                        params_before=params0, params_after=count_params(module), macs_before=macs0,
                        macs_after=count_macs(loaded, module, example), reduction=reduction(),
-                       reduction_kind="predicted from the cost table" if measured is None else "measured",
+                       reduction_kind=("measured" if measured is not None else "predicted from the cost table" if costs
+                                       else "MACs (no cost table)"),
                        steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0})
 
 
