@@ -283,3 +283,22 @@ def test_a_model_without_node_map_fails_before_measuring(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["profile", str(tmp_path / "plain.onnx"), "--meter", "estimate", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no node-to-module map" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_transformer_graph_stats_count_every_matmul(tiny_bert):
+    """MACs of a BERT at the profiled shapes: onnx shape inference alone loses the batch in dynamo graphs
+    (every MatMul was 0); the count must equal the analytic one, for both exporters."""
+    import onnx
+
+    from toolchain.profile.attribution import graph_stats
+
+    _, result = tiny_bert
+    model = onnx.load(result.path, load_external_data=False)
+    seq, hidden, inter, layers = 16, 64, 128, 2
+    feeds = {i.name: np.ones((1, seq), np.int64) for i in model.graph.input}
+    stats = graph_stats(model, feeds)
+    # per layer: Q, K, V and output projections, the two MLP matmuls, and scores + weighted values
+    per_layer = 4 * seq * hidden * hidden + 2 * seq * hidden * inter + 2 * seq * seq * hidden
+    assert sum(s.macs for s in stats.values()) == layers * per_layer
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    assert matmuls and all(stats[name].macs > 0 and stats[name].bytes_moved > 0 for name in matmuls)

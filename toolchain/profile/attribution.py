@@ -51,7 +51,26 @@ def with_input_shapes(model, feeds: dict[str, np.ndarray]):
                 d.dim_value = int(size)
     for out in m.graph.output:
         out.type.tensor_type.ClearField("shape")
-    return shape_inference.infer_shapes(m, data_prop=True)
+    inferred = shape_inference.infer_shapes(m, data_prop=True)
+    if _unknown_outputs(inferred):
+        # onnx's inference loses the batch through the Shape/Gather/Expand chains of dynamo-exported
+        # transformers (every MatMul unknown: MACs and bytes 0); ORT's symbolic inference follows them
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        del m.graph.value_info[:]
+        try:
+            symbolic = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+        except Exception:  # noqa: BLE001 - best effort: keep what onnx inferred
+            return inferred
+        if symbolic is not None and _unknown_outputs(symbolic) < _unknown_outputs(inferred):
+            return symbolic
+    return inferred
+
+
+def _unknown_outputs(model) -> int:
+    """How many node outputs of ``model`` lack a fully known shape."""
+    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output) if _dims(vi) is not None}
+    return sum(1 for n in model.graph.node if n.op_type != "Constant" for o in n.output if o and o not in known)
 
 
 def graph_stats(model, feeds: dict[str, np.ndarray]) -> dict[str, NodeStats]:
