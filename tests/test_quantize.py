@@ -14,6 +14,7 @@ from toolchain.data.dataset import DataOptions
 from toolchain.data.load import load_dataset
 from toolchain.formats.nodemap import NodeModuleMap
 from toolchain.quantize import auto, guard, measure, qdq, static
+from toolchain.quantize.sensitivity import Ranking
 from toolchain.runtime import outputs as rt_outputs
 from toolchain.targets import presets
 
@@ -97,7 +98,8 @@ def test_guard_excludes_nodes_until_the_budget_holds(mnist_data, tmp_path):
     result, steps = guard.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=-1.0, group=1, max_steps=2, batches=(1,), runs=3)
     assert result is None and not (tmp_path / "g.onnx").exists()  # an impossible budget writes nothing
-    assert len(steps) == 3 and [len(s.excluded) for s in steps] == [0, 1, 2]
+    assert len(steps) == 3 and [bool(s.added) for s in steps] == [False, True, True]
+    assert steps[2].excluded == (steps[1].excluded if steps[1].kept else []) + steps[2].added
     result, steps = guard.guard_accuracy(fp32, tmp_path / "g.onnx", presets.QuantConfig(), calib, evaluation.take(0, 200),
                                      max_accuracy_drop=5.0, batches=(1,), runs=3)
     assert result is not None and steps[-1].meets_budget and (tmp_path / "g.onnx").exists()
@@ -153,10 +155,13 @@ def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path)
     matmuls = {n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "MatMul"}
     assert ranking and {name for name, _ in ranking} <= matmuls
     assert all(score > 0 for _, score in ranking)  # int8 noise is below the signal everywhere
+    ranked = []
     out, steps = guard.guard_accuracy(result.path, tmp_path / "g.onnx", presets.QuantConfig(mode="dynamic"), None, data,
-                                  max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3)
-    assert out is None and [len(s.excluded) for s in steps] == [0, 1, 2]
-    assert steps[1].excluded[0] == ranking[0][0]  # the worst node goes first
+                                  max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3,
+                                  ranked=ranked)
+    assert out is None and [len(s.added) for s in steps] == [0, 1, 1]
+    assert steps[1].added == list(ranked[0].fallbacks[0].nodes)  # the best fallback per share of compute goes first
+    assert {n for f in ranked[0].fallbacks for n in f.nodes} <= matmuls
 
 
 def test_corrupt_model_is_a_clear_error(tmp_path):
@@ -257,7 +262,7 @@ def test_default_budget_is_always_checked_and_an_over_budget_model_is_not_writte
         return False, "forced"
 
     monkeypatch.setattr(guard, "within_budget", over_budget)
-    monkeypatch.setattr(guard, "sensitive_nodes", lambda *a, **k: [])  # no fallbacks to try: fail fast
+    monkeypatch.setattr(guard, "rank_nodes", lambda *a, **k: Ranking(0.0, None, []))  # no fallbacks: fail fast
     out = tmp_path / "over.onnx"
     run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
                                     "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "-o", str(out)])
@@ -284,7 +289,7 @@ def test_default_budget_is_always_checked_and_an_over_budget_model_is_not_writte
 
 def test_a_cosine_budget_failure_names_the_cosine_budget(tiny_bert, tmp_path, monkeypatch):
     _, result = tiny_bert
-    monkeypatch.setattr(guard, "matmul_sensitivity", lambda *a, **k: [])
+    monkeypatch.setattr(guard, "rank_nodes", lambda *a, **k: Ranking(0.0, None, []))
     out = tmp_path / "cos.onnx"
     run = CliRunner().invoke(main, ["quantize", result.path, "--mode", "dynamic", "--calib", "random", "--calib-samples",
                                     "4", "--eval-samples", "8", "--seq-len", "16", "--min-cosine", "1", "--batch-sizes",
@@ -320,7 +325,7 @@ def test_auto_runs_the_guard_when_no_candidate_meets_the_budget(mnist_data, tmp_
     assert any("guard step 2/7 (2 nodes in FP32)" in line for line in lines)
     # the guard cannot meet it either: nothing written, and the line says which budget and the best reached
     monkeypatch.setattr(guard, "within_budget", lambda fid, a, b: (False, "forced"))
-    monkeypatch.setattr(guard, "sensitive_nodes", lambda *a, **k: [])
+    monkeypatch.setattr(guard, "rank_nodes", lambda *a, **k: Ranking(0.0, None, []))
     result = auto.auto_quantize(fp32, tmp_path / "none.onnx", calib, evaluation.take(0, 64), preset_name="x86",
                                 batches=(1,), runs=3, max_accuracy_drop=0.5)
     assert result.chosen is None and result.guard and not (tmp_path / "none.onnx").exists()

@@ -155,6 +155,11 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
         console.print(t)
         console.print("  b<N> ms: median latency at batch N; speed: FP32 median / this median; agree: top-1 agreement "
                       "with FP32; acc: accuracy on labelled data")
+        if len(report.get("guard") or []) > 1:
+            console.print(_guard_table(report["guard"], batches))
+            console.print("  gain: shortfall before minus after (the measure the budget judges); ms lost: median "
+                          "against the model kept so far in the same interleaved runs (est: multiply-accumulate "
+                          "share of FP32 minus INT8); undone: no better, not kept")
         for row in report["rows"]:
             if not row["meets_budget"]:
                 console.print(f"  [red]over budget[/] {escape(row['label'])}: {escape(row['reason'])}")
@@ -163,3 +168,30 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
         console.print(("[green]✓[/] " if report["output"] else "[yellow]![/] ") + escape(report["recommendation"]))
 
     emit(report, as_json, render)
+
+
+def _fidelity_cell(fid: dict | None) -> str:
+    if not fid:
+        return "-"
+    agree = fid.get("agreement")
+    return (f"{agree:.1%} " if agree is not None else "") + f"cos {fid['cosine']:.4f}"
+
+
+def _guard_table(entries: list[dict], batches: list[int]):
+    """The accuracy guard's tries: nodes added (with their PyTorch modules), fidelity before and after,
+    what it gained, the milliseconds it cost (measured, and estimated) and whether it was kept."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="accuracy guard: what each FP32 fallback bought and cost", title_justify="left")
+    for col in ["step", "nodes added (module)", "before", "after", "gain"] + [f"b{b} ms lost (est)" for b in batches] + [
+            "kept"]:
+        t.add_column(col, justify="left" if col.startswith("nodes") else "right")
+    for e in entries[1:]:
+        nodes = [f"{n} ({m})" if m else n for n, m in zip(e["added"], e["added_modules"], strict=True)]
+        lost = [f"{e['ms_lost'][str(b)]:+.2f} ({e['estimated_ms_lost'][str(b)]:+.2f})"
+                if str(b) in e["ms_lost"] else "-" for b in batches]
+        t.add_row(str(e["step"]), escape(", ".join(nodes)), _fidelity_cell(e["fidelity_before"]),
+                  _fidelity_cell(e["fidelity"]), f"{e['gain']:+.4g}" if e["gain"] is not None else "-", *lost,
+                  "[green]kept[/]" if e["kept"] else "[yellow]undone[/]")
+    return t

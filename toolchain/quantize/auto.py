@@ -137,7 +137,8 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
                                         calib_batch=calib_batch, threads=threads,
                                         progress=lambda text: say(f"guard on {fastest.label}: {text}"))
             for step in steps[1:] if len(steps) > 1 else steps:
-                candidates.append(Candidate(label=f"{cfg.label} ({len(step.excluded)} nodes FP32)",
+                undone = "" if step.kept else ", undone"
+                candidates.append(Candidate(label=f"{cfg.label} ({len(step.excluded)} nodes FP32{undone})",
                                             config=asdict(replace(cfg, exclude=tuple(step.excluded))),
                                             latency=step.latency, speedup=step.speedup, fidelity=step.fidelity,
                                             size_bytes=file_size(guarded_path) if res and step is steps[-1] else 0,
@@ -151,7 +152,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
             closest = min(measured, key=lambda c: shortfall(c.fidelity), default=None)
             missed = None
             if closest is not None:
-                kept = len(steps[-1].excluded) if steps else 0
+                kept = len([s for s in steps if s.kept][-1].excluded) if steps else 0
                 fallback = f" even with {kept} nodes kept in FP32" if kept else ""
                 missed = (f"no INT8 configuration meets the accuracy budget "
                           f"{budget_text(closest.fidelity, max_accuracy_drop, min_cosine)}{fallback}: the best reached "

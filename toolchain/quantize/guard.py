@@ -1,9 +1,12 @@
 """The accuracy guard: quantize, measure against FP32, and while the INT8 model misses the accuracy
-budget keep the most quantization-sensitive nodes in FP32 and quantize again.
+budget keep in FP32 the nodes that buy the most fidelity per millisecond, and quantize again.
 
-Sensitivity is ranked by :func:`sensitive_nodes` (static quantization: ORT's ``qdq_loss_debug``
-activation errors) or :func:`matmul_sensitivity` (dynamic quantization: each weight MatMul's output
-error under simulated dynamic INT8); :func:`guard_accuracy` runs the loop and records every step.
+Nodes are ranked by :func:`~toolchain.quantize.sensitivity.rank_fallbacks`: the output error each
+node's own quantization causes (static: the QDQ model's own scales on the FP32 graph; dynamic: each
+weight MatMul), divided by its share of the multiply-accumulates (the estimate of what FP32 costs it).
+:func:`guard_accuracy` tries them a group at a time, measures every try (fidelity, and latency
+interleaved with FP32 and with the model it would replace), keeps a try only when fidelity improves
+and records every try, kept or undone.
 """
 
 from __future__ import annotations
@@ -17,20 +20,28 @@ from typing import Any
 import numpy as np
 
 from toolchain.core.errors import ToolchainError, option
-from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files
+from toolchain.core.fsio import atomic_dir, check_output, commit_files
 from toolchain.data.dataset import Dataset
-from toolchain.quantize.measure import speed_and_fidelity, within_budget
-from toolchain.quantize.static import CalibrationReader, QuantizeResult, file_size, quantize_model
+from toolchain.quantize.measure import improves, shortfall, speed_and_fidelity, within_budget
+from toolchain.quantize.sensitivity import Fallback, Ranking, rank_fallbacks
+from toolchain.quantize.static import QuantizeResult, file_size, quantize_model
 from toolchain.runtime.outputs import Fidelity
 from toolchain.targets.presets import QuantConfig
+
+RANK_SAMPLES = 16  # probe samples (calibration data) the ranking runs every simulated model on
 
 
 @dataclass
 class GuardStep:
-    """One fallback step of :func:`guard_accuracy`: the nodes kept in FP32 so far, the fidelity that
-    gave, the speed-up against FP32 (FP32 median / INT8 median, by batch size) and whether it meets the
-    budget (else ``reason``); ``latency`` and ``fp32_latency`` by batch size are ``{median_ms, mean_ms,
-    std_ms, p10_ms, p90_ms, ci95_ms, runs}``, ``fp32_fidelity`` FP32 against itself (its accuracy)."""
+    """One try of :func:`guard_accuracy`: the nodes in FP32 in the model tried (``excluded``; ``added``
+    by this try), the fidelity that gave, the speed-up against FP32 (FP32 median / INT8 median, by batch
+    size) and whether it meets the budget (else ``reason``); ``latency`` and ``fp32_latency`` by batch
+    size are ``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms, runs}``, ``fp32_fidelity`` FP32
+    against itself (its accuracy). ``kept``: false when the try did not improve on ``fidelity_before``
+    (the model kept so far) and was undone. ``ms_lost``: this model's median minus the kept model's,
+    measured in the same interleaved runs, by batch size; ``estimated_ms_lost`` what the ranking expected
+    (the added nodes' share of the multiply-accumulates times FP32's median minus the first INT8 model's);
+    ``estimated_gain``: the output error energy the ranking expected the added nodes to take away."""
 
     excluded: list[str]
     fidelity: Fidelity
@@ -40,87 +51,116 @@ class GuardStep:
     latency: dict[int, dict[str, Any]] = field(default_factory=dict)
     fp32_latency: dict[int, dict[str, Any]] = field(default_factory=dict)
     fp32_fidelity: Fidelity | None = None
+    added: list[str] = field(default_factory=list)
+    kept: bool = True
+    fidelity_before: Fidelity | None = None
+    ms_lost: dict[int, float] = field(default_factory=dict)
+    estimated_ms_lost: dict[int, float] = field(default_factory=dict)
+    estimated_gain: float | None = None
+
+    @property
+    def gain(self) -> float | None:
+        """How much closer to FP32 this try came on the measure the budget judges (positive: better):
+        the shortfall before minus the shortfall after (:func:`~toolchain.quantize.measure.shortfall`)."""
+        if self.fidelity_before is None:
+            return None
+        return shortfall(self.fidelity_before) - shortfall(self.fidelity)
 
 
 def sensitive_nodes(fp32_preprocessed: str | Path, qdq_path: str | Path, data: Dataset,
-                    batch: int = 8) -> list[tuple[str, float]]:
-    """Nodes of the FP32 graph ranked from most to least damaged by quantization: ORT's
-    ``qdq_loss_debug`` compares each activation of the QDQ model with the FP32 one; the score is the
-    signal-to-quantization-noise ratio in dB (lower is worse), attributed to the node producing it.
-    ``fp32_preprocessed`` is the FP32 graph that was quantized (``keep_preprocessed`` of
-    :func:`~toolchain.quantize.static.quantize_model`); ``data`` is fed ``batch`` samples at a time.
-    Returns ``[(node name, dB)]``, worst first."""
-    import tempfile
+                    threads: int | None = 1) -> list[tuple[str, float]]:
+    """Quantized nodes of a static QDQ model ranked from most to least harmful: the score is the
+    signal-to-quantization-noise ratio (dB) of the FP32 model's output with only that node's own
+    quantization applied (:func:`~toolchain.quantize.sensitivity.rank_fallbacks`, on ``data``); lower
+    is worse, ``inf`` for a node whose quantization changes nothing. ``fp32_preprocessed`` is the FP32
+    graph that was quantized (``keep_preprocessed``). Returns ``[(node name, dB)]``, worst first."""
+    return _by_db(rank_fallbacks(fp32_preprocessed, data, qdq_path=qdq_path, threads=threads))
 
+
+def matmul_sensitivity(fp32_preprocessed: str | Path, data: Dataset, *, per_channel: bool = True,
+                       reduce_range: bool = False, weights: str = "int8",
+                       threads: int | None = 1) -> list[tuple[str, float]]:
+    """MatMul nodes with constant weights ranked from most to least damaged by dynamic INT8: the score is
+    the output's signal-to-quantization-noise ratio (dB) with only that MatMul quantized as ORT's dynamic
+    quantization does (uint8 activations per batch, int8 symmetric weights per column, or per tensor),
+    measured on ``data``. Returns ``[(node name, dB)]``, worst first (``inf`` without noise)."""
+    dynamic = {"per_channel": per_channel, "reduce_range": reduce_range, "weights": weights}
+    return _by_db(rank_fallbacks(fp32_preprocessed, data, dynamic=dynamic, threads=threads))
+
+
+def _by_db(ranking: Ranking) -> list[tuple[str, float]]:
+    scores = [(f.nodes[0], -10 * np.log10(f.gain) if f.gain > 0 else float("inf"))
+              for f in ranking.fallbacks if len(f.nodes) == 1]
+    return sorted(scores, key=lambda kv: kv[1])
+
+
+def rank_nodes(fp32_preprocessed: Path, qdq_path: Path, probe: Dataset, config: QuantConfig, excluded: list[str],
+               threads: int | None, progress: Callable[[str], None]) -> Ranking:
+    """The guard's ranking of what to keep in FP32 next (:func:`rank_fallbacks` for ``config``'s mode)."""
+    if config.mode == "static":
+        return rank_fallbacks(fp32_preprocessed, probe, qdq_path=qdq_path, excluded=tuple(excluded),
+                              threads=threads, progress=progress)
+    dynamic = {"per_channel": config.per_channel, "reduce_range": config.reduce_range, "weights": config.weights}
+    return rank_fallbacks(fp32_preprocessed, probe, dynamic=dynamic, excluded=tuple(excluded), threads=threads,
+                          progress=progress)
+
+
+def _next_nodes(fallbacks: list[Fallback], excluded: list[str], used: set[int], group: int) -> list[str]:
+    """The nodes of the next ``group`` units (by rank) not tried yet that take away some error and add a
+    node not in FP32 already; their indices join ``used``."""
+    added: list[str] = []
+    units = 0
+    for i, fb in enumerate(fallbacks):
+        if units == group:
+            break
+        new = [n for n in fb.nodes if n not in excluded and n not in added]
+        if i in used or not new or fb.gain <= 0:
+            continue
+        used.add(i)
+        added += new
+        units += 1
+    return added
+
+
+def hold_in_fp32(path: str | Path, nodes: list[str]) -> list[str]:
+    """Make the excluded ``nodes`` of the QDQ model at ``path`` run in FP32, in place; returns those changed.
+
+    ONNX Runtime (>= 1.21, WeightBiasQuantization) quantizes at load time the float weights of a
+    Conv/ConvTranspose/Gemm whose input comes from a DequantizeLinear and whose output reaches a
+    QuantizeLinear: per tensor, symmetric int8. A node ``nodes_to_exclude`` kept in FP32 between two
+    quantized neighbours is such a node, so it ran INT8 with coarser weights than before. Its input is
+    dequantized with plain arithmetic instead (Cast, Sub zero point, Mul scale: the same values), which
+    no QDQ fusion matches."""
     import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+    from onnx import TensorProto, helper
 
-    with tempfile.TemporaryDirectory() as tmp:
-        aug_fp32, aug_qdq = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
-        modify_model_output_intermediate_tensors(str(fp32_preprocessed), str(aug_fp32))
-        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
-        with captured_output():
-            fp32_acts = collect_activations(str(aug_fp32), CalibrationReader(data, batch))
-            qdq_acts = collect_activations(str(aug_qdq), CalibrationReader(data, batch))
-    errors = compute_activation_error(create_activation_matching(qdq_acts, fp32_acts))
-    producer = {t: n.name for n in onnx.load(str(fp32_preprocessed), load_external_data=False).graph.node
-                for t in n.output}
-    ranked: dict[str, float] = {}
-    for tensor, err in errors.items():
-        score = err.get("xmodel_err")
-        node = producer.get(tensor)
-        if node is not None and score is not None and np.isfinite(score):
-            ranked[node] = min(score, ranked.get(node, float("inf")))
-    return sorted(ranked.items(), key=lambda kv: kv[1])
-
-
-def matmul_sensitivity(fp32_preprocessed: str | Path, data: Dataset, batch: int = 8) -> list[tuple[str, float]]:
-    """MatMul nodes with constant weights ranked from most to least damaged by dynamic INT8: each one's
-    input activations (from ``data``) and weights are quantized as ORT's dynamic quantization does
-    (uint8 asymmetric per-tensor activations for every batch, int8 symmetric per-column weights) and its
-    output compared with the float one; the score is the signal-to-quantization-noise ratio in dB.
-    Returns ``[(node name, dB)]``, worst first (``inf`` for a MatMul without quantization noise)."""
-    import onnx
-    from onnx import numpy_helper
-
-    from toolchain.runtime.session import create_session
-
-    model = onnx.load(str(fp32_preprocessed))
-    weights = {i.name: i for i in model.graph.initializer}
-    targets = [(n.name, n.input[0], numpy_helper.to_array(weights[n.input[1]]).astype(np.float64))
-               for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights
-               and len(weights[n.input[1]].dims) == 2]
-    if not targets:
-        return []
-    known = {o.name for o in model.graph.output}
-    for tensor in {a for _, a, _ in targets} - known:
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    session = create_session(model.SerializeToString(), ["cpu"], optimization="disable")
-    names = [o.name for o in session.get_outputs()]
-    signal = {name: 0.0 for name, _, _ in targets}
-    noise = {name: 0.0 for name, _, _ in targets}
-    for feeds in data.batches(batch):
-        values = dict(zip(names, session.run(names, feeds), strict=True))
-        for name, tensor, w in targets:
-            a = values[tensor].astype(np.float64).reshape(-1, w.shape[0])
-            lo, hi = min(a.min(), 0.0), max(a.max(), 0.0)
-            scale = (hi - lo) / 255 or 1.0
-            zero = np.round(-lo / scale)
-            aq = (np.clip(np.round(a / scale) + zero, 0, 255) - zero) * scale
-            wscale = np.abs(w).max(axis=0) / 127
-            wscale[wscale == 0] = 1.0
-            wq = np.clip(np.round(w / wscale), -127, 127) * wscale
-            ref = a @ w
-            signal[name] += float((ref ** 2).sum())
-            noise[name] += float(((ref - aq @ wq) ** 2).sum())
-    ranked = [(name, 10 * np.log10(signal[name] / noise[name]) if noise[name] else float("inf"))
-              for name, _, _ in targets]
-    return sorted(ranked, key=lambda kv: kv[1])
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {t: n for n in graph.node for t in n.output}
+    scalars = {t.name for t in graph.initializer if len(t.dims) == 0 or list(t.dims) == [1]}
+    wanted = set(nodes)
+    changed, ordered = [], []
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.input else None
+        if (node.name in wanted and node.op_type in ("Conv", "ConvTranspose", "Gemm") and dq is not None
+                and dq.op_type == "DequantizeLinear" and dq.input[1] in scalars and len(node.input) > 1
+                and node.input[1] not in producer):
+            base = f"{node.name}_fp32_input"
+            ordered.append(helper.make_node("Cast", [dq.input[0]], [base + "_cast"], base + "_cast", to=TensorProto.FLOAT))
+            value = base + "_cast"
+            if len(dq.input) > 2 and dq.input[2]:
+                ordered += [helper.make_node("Cast", [dq.input[2]], [base + "_zp"], base + "_zp", to=TensorProto.FLOAT),
+                            helper.make_node("Sub", [value, base + "_zp"], [base + "_sub"], base + "_sub")]
+                value = base + "_sub"
+            ordered.append(helper.make_node("Mul", [value, dq.input[1]], [base], base + "_mul"))
+            node.input[0] = base
+            changed.append(node.name)
+        ordered.append(node)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(ordered)
+        onnx.save(model, str(path))
+    return changed
 
 
 def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None,
@@ -128,15 +168,19 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
                    max_steps: int = 6, batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None,
                    runs: int = 10, force: bool = False, preset_name: str | None = None, calib_batch: int = 8,
                    fuse: bool = True, chunk: int | None = None, threads: int | None = None,
-                   progress: Callable[[str], None] | None = None) -> tuple[QuantizeResult | None, list[GuardStep]]:
-    """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the ``group``
-    most quantization-sensitive nodes (:func:`sensitive_nodes` for static, :func:`matmul_sensitivity`
-    for dynamic quantization) in FP32 and quantize again, up to
-    ``max_steps`` times. Every step is measured (fidelity, and latency against FP32) and returned.
+                   progress: Callable[[str], None] | None = None,
+                   ranked: list[Ranking] | None = None) -> tuple[QuantizeResult | None, list[GuardStep]]:
+    """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the next ``group``
+    units of the ranking (:func:`rank_nodes`: output error taken away per share of the compute) in FP32
+    and quantize again, up to ``max_steps`` tries. Every try is measured: fidelity, and latency
+    interleaved with FP32 and with the model kept so far (its milliseconds lost). A try that does not
+    improve fidelity (:func:`~toolchain.quantize.measure.improves`) is undone and the next units are
+    tried, so every kept step improves fidelity. Every try is returned (``kept`` says which stayed).
     The budget is that of :func:`~toolchain.quantize.measure.within_budget` (``max_accuracy_drop``
     points, else ``min_cosine``); ``batches`` are the batch sizes timed, ``runs`` the interleaved runs.
     ``output`` is written only when a step meets the budget; otherwise the result is None. ``progress``
-    receives one line of text before each long step (quantizing, measuring, ranking nodes)."""
+    receives one line of text before each long step (quantizing, measuring, ranking nodes); ``ranked``,
+    when given, receives the ranking used."""
     import tempfile
 
     say = progress or (lambda _text: None)
@@ -148,41 +192,64 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
     excluded: list[str] = list(config.exclude)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "fp32-pre.onnx"
-        ranking: list[tuple[str, float]] | None = None
+        ranking: Ranking | None = None
+        used: set[int] = set()
+        kept_path = kept_result = None
+        added: list[str] = []
         for step in range(max_steps + 1):
-            cfg = replace(config, exclude=tuple(excluded))
+            if step:
+                if ranking is None:
+                    say(f"over budget ({steps[-1].reason}): ranking what each node's quantization costs the output")
+                    probe = calibration if calibration is not None and len(calibration) else evaluation
+                    probe = probe.take(0, min(len(probe), RANK_SAMPLES))
+                    ranking = rank_nodes(pre, kept_path, probe, config, excluded, threads,
+                                         lambda text: say(f"ranking nodes: {text}"))
+                    if ranked is not None:
+                        ranked.append(ranking)
+                added = _next_nodes(ranking.fallbacks, excluded, used, group)
+                if not added:
+                    break
+            trial = excluded + added if step else excluded
+            cfg = replace(config, exclude=tuple(trial))
             candidate = Path(tmp) / f"step{step}.onnx"
-            where = f"guard step {step + 1}/{max_steps + 1} ({len(excluded)} nodes in FP32)" if step else config.label
+            where = f"guard step {step + 1}/{max_steps + 1} ({len(trial)} nodes in FP32)" if step else config.label
             result = quantize_model(model_path, candidate, cfg, calibration, force=True, preset_name=preset_name,
-                                    keep_preprocessed=pre, calib_batch=calib_batch, fuse=fuse, chunk=chunk,
-                                    progress=lambda text, w=where: say(f"{w}: {text}"))
+                                    keep_preprocessed=pre if not step else None, calib_batch=calib_batch, fuse=fuse,
+                                    chunk=chunk, progress=lambda text, w=where: say(f"{w}: {text}"))
+            if trial and config.mode == "static":
+                hold_in_fp32(candidate, trial)
             say(f"{where}: measuring against FP32")
-            latency, fids = speed_and_fidelity({"FP32": str(model_path), "INT8": str(candidate)}, evaluation,
-                                           batches=batches, providers=providers, runs=runs, threads=threads)
-            ok, reason = within_budget(fids["INT8"], max_accuracy_drop, min_cosine)
-            speedup = {b: latency["FP32"][b].median / latency["INT8"][b].median for b in batches}
-            steps.append(GuardStep(list(excluded), fids["INT8"], speedup, ok, reason,
-                                   {b: latency["INT8"][b].to_latency_dict() for b in batches},
-                                   {b: latency["FP32"][b].to_latency_dict() for b in batches}, fids["FP32"]))
-            if ok or step == max_steps:
+            paths = {"FP32": str(model_path), "INT8": str(candidate)} | ({"kept": str(kept_path)} if step else {})
+            latency, fids = speed_and_fidelity(paths, evaluation, batches=batches, providers=providers, runs=runs,
+                                               threads=threads)
+            fid = fids["INT8"]
+            ok, reason = within_budget(fid, max_accuracy_drop, min_cosine)
+            this = GuardStep(list(trial), fid, {b: latency["FP32"][b].median / latency["INT8"][b].median for b in batches},
+                             ok, reason, {b: latency["INT8"][b].to_latency_dict() for b in batches},
+                             {b: latency["FP32"][b].to_latency_dict() for b in batches}, fids["FP32"])
+            if step:
+                before = steps[0] if not any(s.kept for s in steps[1:]) else [s for s in steps if s.kept][-1]
+                share = sum(ranking.shares.get(n, 0.0) for n in added)
+                first = steps[0]
+                this.added, this.fidelity_before = list(added), before.fidelity
+                this.kept = improves(before.fidelity, fid)
+                this.ms_lost = {b: latency["INT8"][b].median - latency["kept"][b].median for b in batches}
+                this.estimated_ms_lost = {b: share * (first.fp32_latency[b]["median_ms"] - first.latency[b]["median_ms"])
+                                          for b in batches}
+                this.estimated_gain = sum(fb.gain for fb in ranking.fallbacks if set(fb.nodes) <= set(added)
+                                          and len(fb.nodes) == 1)
+            steps.append(this)
+            if not step or this.kept:
+                kept_path, kept_result, excluded = candidate, result, list(trial)
+            if this.kept and ok:
                 break
-            if ranking is None:
-                say(f"over budget ({reason}): ranking the nodes most sensitive to quantization")
-                probe = calibration if calibration is not None and len(calibration) else evaluation
-                probe = probe.take(0, min(len(probe), 32))
-                ranking = (sensitive_nodes(pre, candidate, probe) if config.mode == "static"
-                           else matmul_sensitivity(pre, probe))
-            remaining = [n for n, _ in ranking if n not in excluded]
-            if not remaining:
-                break
-            excluded += remaining[:group]
-        if not steps[-1].meets_budget:
+        final_step = [s for s in steps if s.kept][-1]
+        if not final_step.meets_budget:
             return None, steps
         final = check_output(output, force=force, inputs=(str(model_path),))
         with atomic_dir(final) as scratch:
-            shutil.copyfile(candidate, scratch / final.name)
+            shutil.copyfile(kept_path, scratch / final.name)
             commit_files(scratch, final)
-    result.path = str(final)
-    result.size_int8_bytes = file_size(final)
-    return result, steps
-
+    kept_result.path = str(final)
+    kept_result.size_int8_bytes = file_size(final)
+    return kept_result, steps

@@ -17,7 +17,7 @@ from typing import Any
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import check_output
 from toolchain.quantize.auto import auto_quantize
-from toolchain.quantize.guard import guard_accuracy
+from toolchain.quantize.guard import GuardStep, guard_accuracy
 from toolchain.quantize.measure import (
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MIN_COSINE,
@@ -28,6 +28,7 @@ from toolchain.quantize.measure import (
     pays_off,
     shortfall,
 )
+from toolchain.quantize.sensitivity import Ranking
 from toolchain.quantize.static import QuantizeResult, file_size, model_type
 from toolchain.runtime.timing import conditions
 from toolchain.targets.presets import preset
@@ -146,8 +147,8 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     ``chosen`` and ``recommendation``, ``timing`` (the conditions of every latency figure:
     ``threads`` actually used, ``spinning`` (false: the alternated sessions do not spin), ``cpu`` with its
     ``model`` and INT8-relevant ``flags``, ``runs``, ``warmup``; :func:`toolchain.runtime.timing.conditions`);
-    plus ``quantization`` (what was written), ``guard`` (the steps of
-    the accuracy guard) where they apply. ``progress`` receives one line of text before each long step
+    plus ``quantization`` (what was written), ``guard`` (every try of the accuracy guard:
+    :func:`guard_entries`) and ``sensitivity`` (its ranking: :func:`ranking_entry`) where they apply. ``progress`` receives one line of text before each long step
     (loading data, calibration, each guard step, each ``auto`` candidate).
 
     An INT8 model that misses the budget is never written: when the guard's FP32 fallbacks cannot bring
@@ -208,38 +209,43 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
         report["rows"] = [_row(c.label, c.config, c.latency, c.speedup, c.fidelity, c.size_bytes, c.meets_budget, c.reason)
                           for c in result.candidates]
         if result.guard:
-            report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget}
-                               for s in result.guard]
+            report["guard"] = guard_entries(model, result.guard)
         report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
         if result.missed_budget:
             report.update(failed=True, recommendation=result.missed_budget)
             raise BudgetError(result.missed_budget, report, hint=_loosen_hint())
         return report
+    ranked: list = []
     result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
                                    min_cosine=min_cosine, force=job.force, preset_name=chosen.name,
-                                   calib_batch=job.calib_batch, fuse=job.fuse, chunk=job.chunk, progress=say, **timing)
+                                   calib_batch=job.calib_batch, fuse=job.fuse, chunk=job.chunk, progress=say,
+                                   ranked=ranked, **timing)
     fp32_size = file_size(Path(model))
     first = steps[0]
     report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
                            fp32_size, True, "")]
     for step in steps:
-        label = config.label + (f" ({len(step.excluded)} nodes FP32)" if step.excluded else "")
+        label = config.label + (f" ({len(step.excluded)} nodes FP32{'' if step.kept else ', undone'})"
+                                if step.excluded else "")
         report["rows"].append(_row(label, None, step.latency, step.speedup, step.fidelity, None,
                                    step.meets_budget, step.reason))
-    report["guard"] = [{"excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget} for s in steps]
+    report["guard"] = guard_entries(model, steps)
+    if ranked:
+        report["sensitivity"] = ranking_entry(model, ranked[0])
+    kept = [s for s in steps if s.kept][-1]
     if result is None:
         best = min(steps, key=lambda s: shortfall(s.fidelity))
-        fallback = f" even with {len(steps[-1].excluded)} nodes kept in FP32" if steps[-1].excluded else ""
+        fallback = f" even with {len(kept.excluded)} nodes kept in FP32" if kept.excluded else ""
         message = (f"INT8 misses the accuracy budget {budget_text(best.fidelity, budget, min_cosine)}{fallback}: "
                    f"the best reached {fidelity_text(best.fidelity)}"
                    + (f" ({len(best.excluded)} nodes in FP32)" if best.excluded else "")
                    + f"; nothing written to {output}")
         report.update(failed=True, recommendation=message)
         raise BudgetError(message, report, hint=_loosen_hint())
-    if steps[-1].excluded:
-        notes.append("kept in FP32: " + ", ".join(_with_modules(model, steps[-1].excluded)))
+    if kept.excluded:
+        notes.append("kept in FP32: " + ", ".join(_with_modules(model, kept.excluded)))
     report.update(output=result.path, chosen=result.label,
-                  recommendation=f"wrote {result.path}; {_verdict(steps[-1].speedup)}", quantization=asdict(result))
+                  recommendation=f"wrote {result.path}; {_verdict(kept.speedup)}", quantization=asdict(result))
     return _fill_sizes(report, result)
 
 
@@ -254,18 +260,55 @@ def _verdict(speedup: dict) -> str:
             f"INT8 is not faster here ({gm:.2f}x FP32 speed): consider keeping FP32 (try " + option("--auto", "auto=True") + ")")
 
 
-def _with_modules(model_path: str, nodes: list[str]) -> list[str]:
-    """``node (module)`` for each node name the model's node-to-module map can resolve."""
+def _modules(model_path: str, nodes: list[str]) -> list[str | None]:
+    """The PyTorch module of each node name the model's node-to-module map can resolve (``model`` for the
+    model itself), else None."""
     import onnx
 
     from toolchain.formats.nodemap import NodeModuleMap
 
     node_map = NodeModuleMap.from_model(onnx.load(model_path, load_external_data=False))
-    out = []
-    for name in nodes:
-        found = node_map.resolve(name) if node_map else None
-        out.append(f"{name} ({found.module or 'model'})" if found else name)
-    return out
+    found = [node_map.resolve(name) if node_map else None for name in nodes]
+    return [(f.module or "model") if f else None for f in found]
+
+
+def _with_modules(model_path: str, nodes: list[str]) -> list[str]:
+    """``node (module)`` for each node name the model's node-to-module map can resolve."""
+    return [f"{n} ({m})" if m else n for n, m in zip(nodes, _modules(model_path, nodes), strict=True)]
+
+
+def guard_entries(model_path: str, steps: list[GuardStep]) -> list[dict[str, Any]]:
+    """The report's ``guard``: per try, ``excluded``, ``speedup``, ``meets_budget`` and ``step`` (0: plain
+    INT8), ``added`` (nodes) with their ``added_modules`` (PyTorch module or None), ``kept`` (false:
+    undone, it did not improve fidelity), ``fidelity_before``/``fidelity`` (:class:`Fidelity` fields),
+    ``shortfall_before``/``shortfall`` (the measure the budget judges, lower is better), ``gain``
+    (shortfall before minus after), ``ms_lost`` (measured: median against the kept model's in the same
+    interleaved runs, by batch size), ``estimated_ms_lost`` (multiply-accumulate share estimate) and
+    ``estimated_gain`` (output error energy the ranking expected to take away)."""
+    entries = []
+    for i, s in enumerate(steps):
+        before = s.fidelity_before
+        entries.append({"step": i, "excluded": s.excluded, "speedup": s.speedup, "meets_budget": s.meets_budget,
+                        "added": s.added, "added_modules": _modules(model_path, s.added) if s.added else [],
+                        "kept": s.kept, "fidelity_before": asdict(before) if before else None,
+                        "fidelity": asdict(s.fidelity), "shortfall_before": shortfall(before) if before else None,
+                        "shortfall": shortfall(s.fidelity), "gain": s.gain,
+                        "ms_lost": {str(b): v for b, v in s.ms_lost.items()},
+                        "estimated_ms_lost": {str(b): v for b, v in s.estimated_ms_lost.items()},
+                        "estimated_gain": s.estimated_gain})
+    return entries
+
+
+def ranking_entry(model_path: str, ranking: Ranking, top: int = 20) -> dict[str, Any]:
+    """The report's ``sensitivity``: how the guard ranked what to keep in FP32. ``simulated_error`` and
+    ``simulated_fidelity``: the INT8 model simulated on the FP32 graph against FP32 on ``samples`` probe
+    samples (relative output error energy; it should be close to the real INT8 model's); ``units``, the
+    ``top`` best by ``ratio`` (error taken away per share of the multiply-accumulates): ``nodes``,
+    ``modules``, ``error_removed``, ``mac_share`` (an estimate of the time share), ``ratio``."""
+    units = [{"nodes": list(f.nodes), "modules": _modules(model_path, list(f.nodes)), "error_removed": f.gain,
+              "mac_share": f.share, "ratio": f.ratio} for f in ranking.fallbacks[:top]]
+    return {"simulated_error": ranking.error, "simulated_fidelity": asdict(ranking.fidelity) if ranking.fidelity else None,
+            "samples": ranking.samples, "units": units}
 
 
 def _row(label, config, latency, speedup, fid, size, ok, reason) -> dict[str, Any]:

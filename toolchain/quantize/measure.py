@@ -79,6 +79,15 @@ def shortfall(fid: Fidelity) -> float:
     return 1 - fid.cosine
 
 
+def improves(before: Fidelity, after: Fidelity) -> bool:
+    """Whether ``after`` is closer to FP32 than ``before``: a lower :func:`shortfall`, or the same and a
+    higher cosine (top-1 counts move in whole samples; the cosine says which way the outputs went)."""
+    lost_before, lost_after = shortfall(before), shortfall(after)
+    if not np.isclose(lost_before, lost_after, rtol=0, atol=1e-9):
+        return lost_after < lost_before
+    return after.cosine > before.cosine
+
+
 def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:
     """The first ``batch`` samples (repeated when the set is smaller)."""
     reps = -(-batch // len(data))
