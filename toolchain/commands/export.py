@@ -26,8 +26,10 @@ from toolchain.model.spec import TASKS
               help="Example input, e.g. 1x3x224x224, or ids:1x128:int64:30522 (ints drawn below 30522). Required for module:factory; repeat per input.")
 @click.option("--allow-pickle", is_flag=True, help="Allow unpickling a whole model, or a --weights file that is not a "
               "plain state_dict (runs code from the file: trusted files only).")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
-              help="dynamo: torch.export, cleaner graphs; torchscript: tracing, faster, deprecated by PyTorch.")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="auto: torchscript with eager attention for BERT-family transformers (the only graph ORT's "
+                   "optimizer fuses into Attention, and QAttention after INT8), dynamo for everything else; "
+                   "dynamo: torch.export, cleaner graphs; torchscript: tracing, deprecated by PyTorch.")
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seq-len", type=click.IntRange(1), default=32, show_default=True, help="Sequence length of text inputs in the parity check.")
 @click.option("--min-cosine", type=FiniteFloatRange(0, 1), default=0.9999, show_default=True,
@@ -72,7 +74,8 @@ def export(ctx, model, output, task, weights, input_shapes, allow_pickle, export
         options = ExportOptions(exporter=exporter, opset=opset, parity=not no_parity, parity_seq_len=seq_len,
                                 min_cosine=min_cosine, force=force, external_data=external_data,
                                 keep_exporter_metadata=keep_exporter_metadata)
-        with status(f"exporting with the {exporter} exporter and checking parity", quiet=quiet):
+        how = "the exporter that fuses for this model" if exporter == "auto" else f"the {exporter} exporter"
+        with status(f"exporting with {how} and checking parity", quiet=quiet):
             result = export_model(loaded, output, options)
 
     def render(console) -> None:

@@ -2,12 +2,19 @@
 
 Two exporters, chosen on purpose:
 
-* ``dynamo`` (default): ``torch.export`` + onnxscript. Cleaner graphs (BERT-base: about half the nodes
+* ``dynamo``: ``torch.export`` + onnxscript. Cleaner graphs (BERT-base: about half the nodes
   of the TorchScript export), Conv+BatchNorm already folded, module scopes in each node's
   ``metadata_props`` (``pkg.torch.onnx.name_scopes``). The exporter PyTorch maintains.
 * ``torchscript``: the tracing exporter, deprecated by PyTorch but faster (0.1 s against 5 s for a small
   ResNet) and more forgiving of data-dependent Python; module scopes live in node names
   (``/encoder/layer.0/attention/self/query/MatMul``).
+
+``auto`` (the default) picks TorchScript for transformers models whose attention ONNX Runtime's optimizer
+fuses (:data:`toolchain.model.hf.FUSED_ATTENTION_TYPES`), dynamo for everything else. Those transformers
+models are exported with eager attention (either exporter) and their heads and hidden size recorded in
+``toolchain.attention``: TorchScript + eager is the one combination whose graph the optimizer fuses into
+Attention nodes (MiniLM: 6 Attention, 12 SkipLayerNormalization, 6 BiasGelu, against 0 Attention for SDPA
+or dynamo), which INT8 needs (QAttention).
 
 Either way the exported file carries a node-to-module map (:mod:`toolchain.nodemap`) and provenance in
 ``metadata_props``; it is checked with ``onnx.checker``, shape-inferred, compared with PyTorch on ONNX
@@ -32,11 +39,12 @@ from toolchain.core.errors import ParityError, ToolchainError, option
 from toolchain.core.errors import one_line as _one_line
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files
 from toolchain.model.forward import data_metadata, export_module, make_inputs, run_torch
+from toolchain.model.hf import attention_shape, eager_attention, fuses_attention
 from toolchain.model.spec import WRAPPER_PREFIX, LoadedModel
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("dynamo", "torchscript")
+EXPORTERS = ("auto", "dynamo", "torchscript")
 TWO_GB = 2 * 1024**3
 
 
@@ -45,9 +53,10 @@ class ExportOptions:
     """How to export. ``batch``/``seq_len`` shape the example inputs traced (batch 2, so that the batch
     axis is not specialised to 1); ``parity_batches`` are the batch sizes checked against PyTorch at
     ``parity_seq_len``. Parity fails when cosine < ``min_cosine`` or when the largest absolute error
-    exceeds ``rel_tolerance * max(1, max|reference|)``."""
+    exceeds ``rel_tolerance * max(1, max|reference|)``. ``exporter`` ``auto`` is resolved per model (see
+    the module docstring); the result records the exporter used."""
 
-    exporter: str = "dynamo"
+    exporter: str = "auto"
     opset: int = 18
     batch: int = 2
     seq_len: int = 16
@@ -101,14 +110,20 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
     on its example inputs or cannot be traced) and :class:`ParityError` when ONNX Runtime's outputs
     differ from PyTorch's beyond tolerance; in every failure case nothing is left at ``output``.
     """
-    import torch
-
     opts = replace(options) if options else ExportOptions()  # a copy: the opset actually written is recorded in it
     if opts.exporter not in EXPORTERS:
-        raise ToolchainError(f"unknown exporter {opts.exporter!r}; choose {' or '.join(EXPORTERS)}")
+        raise ToolchainError(f"unknown exporter {opts.exporter!r}; choose {', '.join(EXPORTERS)}")
+    if opts.exporter == "auto":
+        opts.exporter = "torchscript" if fuses_attention(model.module) else "dynamo"
     inputs_on_disk = tuple(p for p in (*model.input_paths, model.model_dir) if p)
     final = check_output(output, force=opts.force, inputs=inputs_on_disk)
     started = time.perf_counter()
+    with eager_attention(model.module) as eager:
+        return _export(model, final, opts, started, eager)
+
+
+def _export(model: LoadedModel, final: Path, opts: ExportOptions, started: float, eager: bool) -> ExportResult:
+    import torch
 
     wrapper = export_module(model)
     feeds = make_inputs(model, batch=opts.batch, seq_len=opts.seq_len if model.is_text else None)
@@ -131,7 +146,7 @@ def export_model(model: LoadedModel, output: str | Path, options: ExportOptions 
     with atomic_dir(final) as scratch:
         tmp = scratch / final.name
         _run_exporter(wrapper, args, model, tmp, opts, external)
-        onnx_model, node_map = _postprocess(tmp, model, wrapper, args, opts, external)
+        onnx_model, node_map = _postprocess(tmp, model, wrapper, args, opts, external, eager)
         parity = []
         if opts.parity:
             parity = check_parity(model, tmp, opts)
@@ -212,7 +227,8 @@ def _disk_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool):
+def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: ExportOptions, external: bool,
+                 eager: bool = False):
     """Shape inference, node-to-module map, provenance, checker; rewrites ``path`` in place."""
     import onnx
     import torch
@@ -252,6 +268,8 @@ def _postprocess(path: Path, model: LoadedModel, wrapper, args: tuple, opts: Exp
         "toolchain.export": json.dumps(settings, sort_keys=True),
         **data_metadata(model),
     }
+    if eager:  # what ORT's attention fusion needs to know (toolchain.quantize reads it)
+        props["toolchain.attention"] = json.dumps({"implementation": "eager", **attention_shape(model.module)})
     set_metadata(onnx_model, props)
     onnx_model.doc_string = f"{model.description} -- exported by toolchain {__version__}"
     onnx.save(onnx_model, str(path))  # external tensors keep pointing at the data file beside it

@@ -32,7 +32,9 @@ from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files, sha256_file
 from toolchain.core.onnxfile import model_metadata, set_metadata
 from toolchain.data.dataset import Dataset
+from toolchain.quantize.outliers import split_outliers
 from toolchain.quantize.qdq import compact_qdq, ort_quantizes_float_bias
+from toolchain.quantize.smooth import smooth_model
 from toolchain.targets.presets import QuantConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,12 @@ log = logging.getLogger(__name__)
 QUANT_KEY = "toolchain.quantization"
 # transformers model types ORT's transformer optimizer knows, keyed by config.model_type
 TRANSFORMER_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "vit": "vit", "gpt2": "gpt2"}
+# Dynamic INT8 of a transformer with calibration data first moves activation outliers out of the INT8
+# path: SmoothQuant (strength 0.5) on MatMuls fed by a layer norm, outlier channels (peak > 6 x the
+# median channel's) of the other MatMuls in FP32. MiniLM on 256 drug reviews (AVX2 host, U8U8, which
+# has no 16-bit saturation): cosine to PyTorch 0.9932 -> 0.9984, about 3% more latency.
+SMOOTH_ALPHA = 0.5
+OUTLIER_RATIO = 6.0
 
 
 def model_type(onnx_path: str | Path) -> str | None:
@@ -52,9 +60,10 @@ def model_type(onnx_path: str | Path) -> str | None:
 class QuantizeResult:
     """What :func:`quantize_model` wrote: the INT8 model's ``path``, its configuration (``config``, as
     :func:`dataclasses.asdict` of the :class:`QuantConfig`, and its ``label``), the transformer fusions
-    applied (``fused``: ORT model type or None), the calibration set (source, samples, sha256; None for
-    dynamic quantization), the FP32 and INT8 sizes in bytes (external data included) and the wall-clock
-    ``seconds`` it took."""
+    applied (``fused``: ORT model type or None), the calibration set (source, samples, sha256; None when
+    none was used), the FP32 and INT8 sizes in bytes (external data included), the wall-clock
+    ``seconds`` it took and the outlier transforms applied before quantizing (``transforms``: see
+    :func:`migrate_outliers`; None for none)."""
 
     path: str
     config: dict[str, Any]
@@ -64,6 +73,7 @@ class QuantizeResult:
     size_fp32_bytes: int
     size_int8_bytes: int
     seconds: float
+    transforms: dict[str, Any] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -105,7 +115,7 @@ def file_size(path: Path) -> int:
 def quantize_model(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None = None,
                    *, calib_batch: int = 8, fuse: bool = True, force: bool = False, preset_name: str | None = None,
                    chunk: int | None = None, keep_preprocessed: str | Path | None = None,
-                   progress: Callable[[str], None] | None = None) -> QuantizeResult:
+                   smooth: bool = True, progress: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize the FP32 ONNX model at ``model_path`` to ``output``.
 
     Static mode needs ``calibration`` (samples fed ``calib_batch`` at a time; ``chunk`` bounds how many
@@ -114,7 +124,8 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
     a copy of the FP32 graph that was quantized (node names to exclude refer to it). The output keeps the input's
     metadata (provenance, node-to-module map) and adds ``toolchain.quantization``. Written atomically;
     an existing output needs ``force``. ``calib_batch`` counts samples (histogram calibrators take one
-    at a time); ``preset_name`` is only recorded. ``progress`` receives one line of text before each
+    at a time); ``preset_name`` is only recorded. With ``smooth`` (the default), dynamic quantization of a
+    transformer given ``calibration`` first applies :func:`migrate_outliers`. ``progress`` receives one line of text before each
     long step (fusions, pre-processing, calibration). Returns what was written (:class:`QuantizeResult`).
     """
     from onnxruntime.quantization import (
@@ -156,6 +167,11 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
             except Exception as exc:  # pre-processing helps, it is not required
                 log.warning("quant_pre_process failed (%s); quantizing the model as it is", one_line(exc))
                 shutil.copyfile(current, pre)
+            transforms = None
+            if smooth and kind and config.mode == "dynamic" and calibration is not None and len(calibration):
+                say(f"moving activation outliers out of INT8 ({len(calibration)} samples)")
+                transforms = migrate_outliers(pre, calibration, exclude=config.exclude, batch=calib_batch)
+            fp32_nodes = [*config.exclude, *(transforms["fp32_nodes"] if transforms else ())]
             if keep_preprocessed:
                 shutil.copyfile(pre, keep_preprocessed)
             out = scratch / final.name
@@ -164,7 +180,7 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                     say(f"quantizing weights ({config.label})")
                     quantize_dynamic(str(pre), str(out), per_channel=config.per_channel, reduce_range=config.reduce_range,
                                      op_types_to_quantize=list(config.op_types) if config.op_types else None,
-                                     weight_type=qtype[config.weights], nodes_to_exclude=list(config.exclude) or None,
+                                     weight_type=qtype[config.weights], nodes_to_exclude=fp32_nodes or None,
                                      extra_options={"MatMulConstBOnly": True})
                 else:
                     extra: dict[str, Any] = {"ActivationSymmetric": config.symmetric_activations,
@@ -194,10 +210,10 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
                 raise
             except Exception as exc:
                 raise ToolchainError(f"ONNX Runtime could not quantize {model_path} ({one_line(exc)})") from None
-        calib_info = None if calibration is None or config.mode == "dynamic" else {
+        calib_info = None if calibration is None or (config.mode == "dynamic" and not transforms) else {
             "source": calibration.source, "samples": len(calibration), "sha256": calibration.sha256,
             "synthetic": calibration.synthetic, "batch": calib_batch if config.calibration == "minmax" else 1}
-        _stamp(out, src, config, calib_info, kind, preset_name, reference=pre)
+        _stamp(out, src, config, calib_info, kind, preset_name, reference=pre, transforms=transforms)
         for leftover in ("pre.onnx", "fused.onnx"):
             (scratch / leftover).unlink(missing_ok=True)
         for extra_file in scratch.glob("*"):  # calibration scratch ORT may leave behind
@@ -206,7 +222,37 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
         commit_files(scratch, final)
     return QuantizeResult(path=str(final), config=asdict(config), label=config.label, fused=kind,
                           calibration=calib_info, size_fp32_bytes=file_size(src), size_int8_bytes=file_size(final),
-                          seconds=round(time.perf_counter() - started, 2))
+                          seconds=round(time.perf_counter() - started, 2), transforms=transforms)
+
+
+def migrate_outliers(path: Path, calibration: Dataset, *, exclude: tuple[str, ...] = (), batch: int = 8,
+                     alpha: float = SMOOTH_ALPHA, ratio: float = OUTLIER_RATIO) -> dict[str, Any] | None:
+    """Rewrite the FP32 graph at ``path`` so that dynamic INT8 loses less, keeping its function: SmoothQuant
+    (:func:`toolchain.quantize.smooth.smooth_model`, strength ``alpha``) on MatMuls and Attention fed by a
+    layer norm, then the outlier input channels (:func:`toolchain.quantize.outliers.split_outliers`, peak
+    above ``ratio`` x the median's) of the other MatMuls into FP32 MatMuls. Nodes in ``exclude`` are left
+    alone. Returns what was done, with ``fp32_nodes``: the MatMuls that must stay FP32; None, leaving the
+    graph as it is, for a graph whose weights live in external data (over 2 GB: rewritten in memory, it
+    could not be saved)."""
+    import onnx
+
+    if any(t.external_data for t in onnx.load(str(path), load_external_data=False).graph.initializer):
+        return None
+    model = onnx.load(str(path))
+    smoothed = smooth_model(model, calibration, alpha=alpha, exclude=exclude, batch=batch)
+    split = split_outliers(model, calibration, ratio=ratio, exclude=(*exclude, *smoothed.nodes), batch=batch)
+    onnx.save(model, str(path))
+    return {"smoothquant": smoothed.to_dict(), "outliers": split.to_dict(), "fp32_nodes": split.fp32_nodes}
+
+
+def attention_shape(onnx_path: str | Path) -> tuple[int, int]:
+    """``(num_heads, hidden_size)`` recorded by the exporter (``toolchain.attention``), else ``(0, 0)``:
+    ORT's optimizer then detects them from constant Reshape shapes, which TorchScript exports lack."""
+    try:
+        shape = json.loads(model_metadata(onnx_path).get("toolchain.attention", "{}"))
+        return int(shape.get("num_heads", 0)), int(shape.get("hidden_size", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0, 0
 
 
 def _fuse_transformer(src: Path, kind: str, dest: Path) -> Path:
@@ -214,8 +260,9 @@ def _fuse_transformer(src: Path, kind: str, dest: Path) -> Path:
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
+    heads, hidden = attention_shape(src)
     try:
-        optimized = optimize_model(str(src), model_type=kind, num_heads=0, hidden_size=0, opt_level=0)
+        optimized = optimize_model(str(src), model_type=kind, num_heads=heads, hidden_size=hidden, opt_level=0)
     except Exception as exc:
         log.warning("transformer fusions failed (%s); quantizing without them", one_line(exc))
         return src
@@ -227,7 +274,7 @@ def _fuse_transformer(src: Path, kind: str, dest: Path) -> Path:
 
 
 def _stamp(path: Path, src: Path, config: QuantConfig, calibration: dict | None, fused: str | None,
-           preset_name: str | None, reference: Path | None = None) -> None:
+           preset_name: str | None, reference: Path | None = None, transforms: dict | None = None) -> None:
     """Compact the quantized model (:func:`compact_qdq`, with ``reference`` the FP32 graph that was
     quantized) and give it the FP32 model's metadata plus :data:`QUANT_KEY`."""
     import onnx
@@ -244,7 +291,8 @@ def _stamp(path: Path, src: Path, config: QuantConfig, calibration: dict | None,
     props[QUANT_KEY] = json.dumps({
         "config": asdict(config), "label": config.label, "preset": preset_name, "calibration": calibration,
         "transformer_fusions": fused, "fp32_sha256": sha256_file(src), "onnxruntime": onnxruntime.__version__,
-        "toolchain": __version__, "compaction": compaction}, sort_keys=True)
+        "toolchain": __version__, "compaction": compaction,
+        "transforms": {k: v for k, v in transforms.items() if k != "fp32_nodes"} if transforms else None}, sort_keys=True)
     set_metadata(model, props)
     onnx.save(model, str(path))
 
