@@ -129,9 +129,12 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
     _, result = mnist_cnn
     out = tmp_path / "m.int8.onnx"
     run = CliRunner().invoke(main, ["quantize", result.path, "--calib", "builtin:mnist", "--calib-samples", "50",
-                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "-o", str(out), "--json"])
+                                    "--eval-samples", "100", "--batch-sizes", "1", "--runs", "3", "--threads", "1",
+                                    "-o", str(out), "--json"])
     assert run.exit_code == 0, run.output
     report = json.loads(run.output)
+    assert report["timing"]["threads"] == 1  # --threads: the timing and the guard's ranking
+    assert report["guard_selection"]["data"] == "calibration" and report["guard_selection"]["samples"] == 50
     assert report["output"] == str(out) and [r["label"] for r in report["rows"]][0] == "FP32"
     assert report["calibration"]["samples"] == 50 and report["evaluation"]["samples"] == 100
     # no budget flag: the default budget is still held by the guard, and what was written meets it
@@ -156,10 +159,14 @@ def test_dynamic_guard_ranks_matmuls_and_keeps_them_in_fp32(tiny_bert, tmp_path)
     assert ranking and {name for name, _ in ranking} <= matmuls
     assert all(score > 0 for _, score in ranking)  # int8 noise is below the signal everywhere
     ranked = []
+    selected = {}
     out, steps = guard.guard_accuracy(result.path, tmp_path / "g.onnx", presets.QuantConfig(mode="dynamic"), None, data,
                                   max_accuracy_drop=1.0, min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3,
-                                  ranked=ranked)
+                                  threads=1, ranked=ranked, selected=selected)
     assert out is None and [len(s.added) for s in steps] == [0, 1, 1]
+    # no calibration data: the guard decides on half the evaluation samples and reports on the other half
+    assert selected["data"] == "evaluation" and selected["split"] and selected["samples"] == 8
+    assert all(s.fidelity.samples == 8 and s.selection_fidelity.samples == 8 for s in steps)
     assert steps[1].added == list(ranked[0].fallbacks[0].nodes)  # the best fallback per share of compute goes first
     assert {n for f in ranked[0].fallbacks for n in f.nodes} <= matmuls
 
@@ -297,6 +304,19 @@ def test_a_cosine_budget_failure_names_the_cosine_budget(tiny_bert, tmp_path, mo
     assert run.exit_code == 2 and run.output.count("\n") == 1, run.output
     assert "--min-cosine 1 (cosine >= 1)" in run.output and "best reached cosine 0." in run.output
     assert "point" not in run.output and not out.exists()
+
+
+def test_without_calibration_data_the_report_names_the_split_evaluation_set(tiny_bert, tmp_path, monkeypatch):
+    _, result = tiny_bert
+    monkeypatch.setattr(guard, "rank_nodes", lambda *a, **k: Ranking(0.0, None, []))
+    run = CliRunner().invoke(main, ["quantize", result.path, "--mode", "dynamic", "--eval", "random", "--eval-samples",
+                                    "8", "--seq-len", "16", "--min-cosine", "1", "--batch-sizes", "1", "--runs", "3",
+                                    "--threads", "1", "-o", str(tmp_path / "s.onnx"), "--json"])
+    assert run.exit_code == 2, run.output
+    report = json.loads(run.stdout)
+    assert report["evaluation"]["samples"] == 4 and report["evaluation"]["selection_samples"] == 4
+    assert report["guard_selection"]["split"] and report["guard_selection"]["data"] == "evaluation"
+    assert all(row["fidelity"]["samples"] == 4 for row in report["rows"])
 
 
 def test_auto_runs_the_guard_when_no_candidate_meets_the_budget(mnist_data, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.cli import main
 from toolchain.data.dataset import Dataset
-from toolchain.quantize import guard, measure, sensitivity, static
+from toolchain.quantize import guard, holdfp32, measure, sensitivity, static
 from toolchain.runtime.outputs import Fidelity, fidelity, run_outputs
 from toolchain.runtime.session import create_session
 from toolchain.targets import presets
@@ -99,7 +99,9 @@ def test_the_simulation_reproduces_the_int8_model(outlier):
 
 def test_a_node_kept_in_fp32_runs_in_fp32(outlier, tmp_path):
     """ONNX Runtime quantizes the float weights of a Conv between a DequantizeLinear and a QuantizeLinear
-    at load time (per tensor): the guard's fallback must not be such a Conv, or it runs INT8 after all."""
+    at load time (per tensor): an excluded node (``QuantConfig.exclude``, the guard's fallbacks) must not
+    be such a Conv, or it runs INT8 after all. quantize_model holds it in FP32; sessions run with every
+    graph optimisation (create_session's default)."""
     from dataclasses import replace
 
     fp32, pre, qdq = outlier
@@ -114,10 +116,25 @@ def test_a_node_kept_in_fp32_runs_in_fp32(outlier, tmp_path):
         out = run_outputs(create_session(path_or_out), data) if isinstance(path_or_out, str) else path_or_out
         return float(((out - ref) ** 2).sum() / (ref ** 2).sum())
 
-    assert guard.hold_in_fp32(excluded, ["conv2"]) == ["conv2"]
+    graph = onnx.load(excluded).graph
+    producer = {t: n.op_type for n in graph.node for t in n.output}
+    conv2 = next(n for n in graph.node if n.name == "conv2")
+    assert producer[conv2.input[0]] == "Mul" and conv2.input[1] not in producer  # float weights, no DQ feeding it
     assert error(excluded) == pytest.approx(error(expected), rel=0.05)  # what the ranking expected
     assert error(excluded) < error(qdq) / 10  # conv2's harm is gone
-    assert guard.hold_in_fp32(excluded, ["conv2"]) == []  # nothing left to change
+    assert holdfp32.hold_in_fp32(excluded, ["conv2"]) == []  # quantize_model left nothing to change
+    # conv2's own output, fed the INT8 model's conv2 input, is the FP32 convolution of that input
+    inp, out = conv2.input[0], conv2.output[0]
+    probe = onnx.load(excluded)
+    probe.graph.output.extend([helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in (inp, out)])
+    x, y = create_session(probe.SerializeToString()).run([inp, out], {"x": data.feeds["x"][:4]})
+    w2 = numpy_helper.to_array(next(t for t in onnx.load(fp32).graph.initializer if t.name == "w2"))
+    conv = helper.make_graph([helper.make_node("Conv", ["a", "w"], ["b"], pads=[1, 1, 1, 1])], "conv",
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+                             [numpy_helper.from_array(w2, "w")])
+    fp32_conv = create_session(helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert np.allclose(y, fp32_conv.run(None, {"a": x})[0], rtol=1e-4, atol=1e-4 * np.abs(y).max())
 
 
 def test_the_ranking_puts_the_harmful_node_first(outlier):
@@ -172,17 +189,66 @@ def test_every_kept_step_improves_fidelity_and_undone_tries_are_recorded(outlier
     assert ranked and steps[1].added == ["conv2"]  # the harmful node is the first fallback tried
     assert steps[1].kept and measure.shortfall(steps[1].fidelity) < measure.shortfall(steps[0].fidelity)
     assert steps[1].gain > 0 and steps[1].estimated_gain > 0
-    kept_so_far = []
+    kept_so_far, kept_step = [], steps[0]
     for step in steps[1:]:
         assert step.excluded == kept_so_far + step.added  # each try starts from the steps kept before it
-        assert step.kept == measure.improves(step.fidelity_before, step.fidelity)
+        # keep or undo is decided on the selection set (here the calibration set), not on the reported one
+        assert step.selection_before == kept_step.selection_fidelity and step.fidelity_before == kept_step.fidelity
+        assert step.kept == measure.improves(step.selection_before, step.selection_fidelity)
         assert set(step.ms_lost) == set(step.estimated_ms_lost) == {1, 2}
         assert all(np.isfinite(v) for v in step.ms_lost.values())
         if step.kept:
-            kept_so_far = step.excluded
-    fidelities = [steps[0].fidelity] + [s.fidelity for s in steps[1:] if s.kept]
+            kept_so_far, kept_step = step.excluded, step
+    fidelities = [steps[0].selection_fidelity] + [s.selection_fidelity for s in steps[1:] if s.kept]
     assert all(measure.improves(a, b) for a, b in zip(fidelities, fidelities[1:], strict=False))
     assert result is None or steps[-1].kept
+
+
+def test_the_guard_selects_on_calibration_data_and_reports_on_the_evaluation_set(outlier, tmp_path, monkeypatch):
+    """Keep or undo is decided on data that is not the evaluation set whose fidelity is reported (else the
+    reported fidelity is fitted to it): the calibration set; every fidelity reported is the evaluation set's."""
+    fp32, _, _ = outlier
+    calib, held = _data(32, 1), _data(64, 4)
+    timed, judged = [], []
+
+    def spy_speed(paths, evaluation, **kw):
+        timed.append(evaluation.sha256)
+        return measure.speed_and_fidelity(paths, evaluation, **kw)
+
+    def spy_outputs(path, data, **kw):
+        judged.append(data.sha256)
+        return measure.outputs_of(path, data, **kw)
+
+    monkeypatch.setattr(guard, "speed_and_fidelity", spy_speed)
+    monkeypatch.setattr(guard, "outputs_of", spy_outputs)
+    selected = {}
+    _, steps = guard.guard_accuracy(fp32, tmp_path / "g.onnx", PER_TENSOR, calib, held, max_accuracy_drop=0.0,
+                                    min_cosine=1.0, group=1, max_steps=2, batches=(1,), runs=3, threads=1,
+                                    selected=selected)
+    assert selected == {"data": "calibration", "source": "random-1", "samples": 32, "split": False,
+                        "evaluation_samples": 64, "biased": False}
+    assert len(steps) >= 2 and set(timed) == {held.sha256} and set(judged) == {calib.sha256}
+    assert steps[0].fp32_fidelity.samples == 64 and all(s.fidelity.samples == 64 for s in steps)
+    assert all(s.selection_fidelity.samples == 32 for s in steps)
+    # the plain INT8 model again: its reported fidelity is the evaluation set's, its selection one calibration's
+    plain = static.quantize_model(fp32, tmp_path / "plain.onnx", PER_TENSOR, calib).path
+    for data, fid in ((held, steps[0].fidelity), (calib, steps[0].selection_fidelity)):
+        got = fidelity(run_outputs(create_session(fp32), data), run_outputs(create_session(plain), data), None, True)
+        assert got.cosine == pytest.approx(fid.cosine, abs=1e-6) and got.agreement == fid.agreement
+
+
+def test_without_calibration_data_the_evaluation_set_is_split():
+    held = _data(10, 4)
+    selection, reported, info = guard.selection_sets(None, held)
+    assert len(selection) == 5 and len(reported) == 5 and info["split"] and not info["biased"]
+    assert np.array_equal(np.concatenate([selection.feeds["x"], reported.feeds["x"]]), held.feeds["x"])
+    assert info["data"] == "evaluation" and info["evaluation_samples"] == 5
+    # calibration data that is the evaluation data is no separate selection set
+    assert guard.selection_sets(held.take(0, None), held)[2]["split"]
+    assert guard.selection_sets(_data(8, 1), held)[2] == {"data": "calibration", "source": "random-1", "samples": 8,
+                                                          "split": False, "evaluation_samples": 10, "biased": False}
+    one = _data(1, 4)
+    assert guard.selection_sets(None, one)[2]["biased"]
 
 
 def test_the_report_shows_each_fallback_and_its_cost(tmp_path):
@@ -196,6 +262,9 @@ def test_the_report_shows_each_fallback_and_its_cost(tmp_path):
     run = CliRunner().invoke(main, [*args, "--json"])
     assert run.exit_code in (0, 2), run.output
     report = json.loads(run.stdout)
+    assert report["guard_selection"]["data"] == "calibration" and report["guard_selection"]["samples"] == 32
+    assert report["evaluation"]["samples"] == report["guard_selection"]["evaluation_samples"] == 64
+    assert any("chose its FP32 fallbacks on the 32 calibration samples" in note for note in report["notes"])
     entries = report["guard"]
     assert [e["step"] for e in entries] == list(range(len(entries))) and len(entries) > 1
     first = entries[1]
@@ -205,6 +274,7 @@ def test_the_report_shows_each_fallback_and_its_cost(tmp_path):
         assert set(e["ms_lost"]) == set(e["estimated_ms_lost"]) == {"1", "2"}
         assert e["gain"] == pytest.approx(e["shortfall_before"] - e["shortfall"])
         assert e["fidelity_before"]["cosine"] <= 1 and isinstance(e["kept"], bool)
+        assert e["selection_fidelity"]["samples"] == 32 and e["fidelity"]["samples"] == 64
     assert entries[0]["added"] == [] and entries[0]["gain"] is None and entries[0]["kept"]
     assert report["sensitivity"]["units"][0]["nodes"] == ["conv2"] and report["sensitivity"]["simulated_error"] > 0
     labels = [r["label"] for r in report["rows"]]

@@ -13,6 +13,7 @@ from toolchain.commands.common import (
     json_safe_stdout,
     status,
 )
+from toolchain.commands.profile import check_threads_option
 
 MAX_RUNS = 10_000  # timed runs per model and batch size
 
@@ -79,6 +80,8 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Timed runs per model and batch size.")
 @click.option("--provider", "providers", multiple=True, help="Execution provider(s) to time on (default: the target's, "
               "else cpu).")
+@click.option("--threads", type=click.IntRange(1), callback=check_threads_option,
+              help="Intra-op threads for timing and the guard's ranking, at most this machine's cores (default: ORT's).")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), help="Tokenizer directory for text data (default: the model's).")
 @click.option("--image-size", metavar="HxW", help="Resize images to this size (default: the model's input size).")
@@ -93,7 +96,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.pass_context
 def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, preset_name, auto, mode, fmt, activations,
              weights, per_channel, reduce_range, calibration, max_accuracy_drop, min_cosine, batch_sizes, runs, providers,
-             seq_len, tokenizer, image_size, calib_batch, mean, std, chunk, no_fusion, force, as_json) -> None:
+             threads, seq_len, tokenizer, image_size, calib_batch, mean, std, chunk, no_fusion, force,
+             as_json) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 with ONNX Runtime, and check that it pays off.
 
     Static quantization runs ORT's quant_pre_process, then quantize_static with per-channel weights
@@ -119,7 +123,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                       calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
                       batch_sizes=_ints(batch_sizes), runs=runs, providers=tuple(providers), seq_len=seq_len,
                       tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
-                      calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force)
+                      calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force, threads=threads)
     try:
         with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)) as say:
             report = render_all(run_quantize(job, progress=say), cli=True)  # notes name options: spell them as flags
@@ -159,7 +163,8 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
             console.print(_guard_table(report["guard"], batches))
             console.print("  gain: shortfall before minus after (the measure the budget judges); ms lost: median "
                           "against the model kept so far in the same interleaved runs (est: multiply-accumulate "
-                          "share of FP32 minus INT8); undone: no better, not kept")
+                          "share of FP32 minus INT8); before/after: on the evaluation data; kept/undone: "
+                          "decided on other data (report's guard_selection), undone when no better there")
         for row in report["rows"]:
             if not row["meets_budget"]:
                 console.print(f"  [red]over budget[/] {escape(row['label'])}: {escape(row['reason'])}")

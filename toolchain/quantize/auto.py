@@ -55,7 +55,8 @@ class AutoResult:
     keep FP32), a one-line ``recommendation``, the file written (``output``, None when nothing was), the
     preset's name, the ``guard`` steps (empty when the guard did not run) and ``missed_budget``: None, or
     the one line saying which budget no configuration met (even with FP32 fallbacks) and the best
-    fidelity reached."""
+    fidelity reached; ``guard_selection``: the data the guard decided keep or undo on
+    (:func:`~toolchain.quantize.guard.selection_sets`; None when the guard did not run)."""
 
     candidates: list[Candidate]
     chosen: str | None
@@ -64,6 +65,7 @@ class AutoResult:
     preset: str = ""
     guard: list[GuardStep] = field(default_factory=list)
     missed_budget: str | None = None
+    guard_selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +128,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
                                         speedup=speedup, fidelity=fids[label], size_bytes=file_size(Path(path)),
                                         meets_budget=ok, reason=reason, path=None))
         steps: list[GuardStep] = []
+        selected: dict[str, Any] = {}
         viable = [c for c in candidates[1:] if c.meets_budget]
         if not viable and guard and len(candidates) > 1:
             fastest = max(candidates[1:], key=lambda c: geomean(list(c.speedup.values())))
@@ -134,7 +137,7 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
             res, steps = guard_accuracy(model_path, guarded_path, cfg, calibration, evaluation,
                                         max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, batches=batches,
                                         providers=providers, runs=runs, force=True, preset_name=chosen_preset.name,
-                                        calib_batch=calib_batch, threads=threads,
+                                        calib_batch=calib_batch, threads=threads, selected=selected,
                                         progress=lambda text: say(f"guard on {fastest.label}: {text}"))
             for step in steps[1:] if len(steps) > 1 else steps:
                 undone = "" if step.kept else ", undone"
@@ -158,15 +161,17 @@ def auto_quantize(model_path: str | Path, output: str | Path, calibration: Datas
                           f"{budget_text(closest.fidelity, max_accuracy_drop, min_cosine)}{fallback}: the best reached "
                           f"{fidelity_text(closest.fidelity)} ({closest.label}); nothing written to {output}")
             return AutoResult(candidates, None, "keep FP32: no INT8 configuration stays within the accuracy budget",
-                              None, chosen_preset.name, steps, missed)
+                              None, chosen_preset.name, steps, missed, selected or None)
         if not pays_off(best.speedup):
             why = (f"the fastest INT8 configuration within budget ({best.label}) is only "
                    f"{geomean(list(best.speedup.values())):.2f}x FP32 speed (geometric mean over batch sizes)")
-            return AutoResult(candidates, None, f"keep FP32: {why}", None, chosen_preset.name, steps)
+            return AutoResult(candidates, None, f"keep FP32: {why}", None, chosen_preset.name, steps,
+                              guard_selection=selected or None)
         final = check_output(output, force=force, inputs=(str(model_path),))
         with atomic_dir(final) as scratch:
             shutil.copyfile(paths[best.label], scratch / final.name)
             commit_files(scratch, final)
         best.path = str(final)
         rec = f"ship {best.label}: {geomean(list(best.speedup.values())):.2f}x FP32 speed within the accuracy budget"
-        return AutoResult(candidates, best.label, rec, str(final), chosen_preset.name, steps)
+        return AutoResult(candidates, best.label, rec, str(final), chosen_preset.name, steps,
+                          guard_selection=selected or None)

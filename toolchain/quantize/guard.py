@@ -6,7 +6,8 @@ node's own quantization causes (static: the QDQ model's own scales on the FP32 g
 weight MatMul), divided by its share of the multiply-accumulates (the estimate of what FP32 costs it).
 :func:`guard_accuracy` tries them a group at a time, measures every try (fidelity, and latency
 interleaved with FP32 and with the model it would replace), keeps a try only when fidelity improves
-and records every try, kept or undone.
+on the selection set (:func:`selection_sets`: not the evaluation set whose fidelity is reported, so the
+figures reported are not the ones the choices were fitted to) and records every try, kept or undone.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import numpy as np
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.fsio import atomic_dir, check_output, commit_files
 from toolchain.data.dataset import Dataset
-from toolchain.quantize.measure import improves, shortfall, speed_and_fidelity, within_budget
+from toolchain.quantize.measure import improves, outputs_of, shortfall, speed_and_fidelity, within_budget
 from toolchain.quantize.sensitivity import Fallback, Ranking, rank_fallbacks
 from toolchain.quantize.static import QuantizeResult, file_size, quantize_model
-from toolchain.runtime.outputs import Fidelity
+from toolchain.runtime.outputs import Fidelity, fidelity, is_classifier
 from toolchain.targets.presets import QuantConfig
 
-RANK_SAMPLES = 16  # probe samples (calibration data) the ranking runs every simulated model on
+RANK_SAMPLES = 16  # probe samples (of the selection data) the ranking runs every simulated model on
 
 
 @dataclass
@@ -37,8 +38,10 @@ class GuardStep:
     by this try), the fidelity that gave, the speed-up against FP32 (FP32 median / INT8 median, by batch
     size) and whether it meets the budget (else ``reason``); ``latency`` and ``fp32_latency`` by batch
     size are ``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms, runs}``, ``fp32_fidelity`` FP32
-    against itself (its accuracy). ``kept``: false when the try did not improve on ``fidelity_before``
-    (the model kept so far) and was undone. ``ms_lost``: this model's median minus the kept model's,
+    against itself (its accuracy); these fidelities are on the evaluation set. ``kept``: false when the
+    try's ``selection_fidelity`` (on the selection set, :func:`selection_sets`) did not improve on
+    ``selection_before`` (the model kept so far) and was undone; ``fidelity_before`` is the kept model's
+    on the evaluation set. ``ms_lost``: this model's median minus the kept model's,
     measured in the same interleaved runs, by batch size; ``estimated_ms_lost`` what the ranking expected
     (the added nodes' share of the multiply-accumulates times FP32's median minus the first INT8 model's);
     ``estimated_gain``: the output error energy the ranking expected the added nodes to take away."""
@@ -57,6 +60,8 @@ class GuardStep:
     ms_lost: dict[int, float] = field(default_factory=dict)
     estimated_ms_lost: dict[int, float] = field(default_factory=dict)
     estimated_gain: float | None = None
+    selection_fidelity: Fidelity | None = None
+    selection_before: Fidelity | None = None
 
     @property
     def gain(self) -> float | None:
@@ -105,6 +110,41 @@ def rank_nodes(fp32_preprocessed: Path, qdq_path: Path, probe: Dataset, config: 
                           progress=progress)
 
 
+def selection_sets(calibration: Dataset | None, evaluation: Dataset) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """``(selection, reported, info)``: the data the guard decides keep or undo on, the data whose fidelity
+    it reports, and what they are. The selection set is the calibration set when there is one (and it is
+    not the evaluation set itself), else the first half of ``evaluation``, the second half being reported;
+    an evaluation set of one sample serves both (``info["biased"]``). ``info``: ``data`` (``calibration``
+    or ``evaluation``), ``source``, ``samples``, ``split`` (whether ``evaluation`` was split),
+    ``evaluation_samples`` (those reported) and ``biased``."""
+    if calibration is not None and len(calibration) and calibration.sha256 != evaluation.sha256:
+        selection, reported, data = calibration, evaluation, "calibration"
+    elif len(evaluation) > 1:
+        half = len(evaluation) // 2
+        selection, reported, data = evaluation.take(0, half), evaluation.take(half, None), "evaluation"
+    else:
+        selection, reported, data = evaluation, evaluation, "evaluation"
+    return selection, reported, {"data": data, "source": selection.source, "samples": len(selection),
+                                 "split": reported is not evaluation, "evaluation_samples": len(reported),
+                                 "biased": reported is selection}
+
+
+def _judge(model_path: str | Path, selection: Dataset, providers: list[str] | None,
+           threads: int | None) -> Callable[[Path], Fidelity]:
+    """The fidelity on ``selection`` of the model at a path against FP32 (whose outputs are computed once,
+    on first use)."""
+    reference: dict[str, Any] = {}
+
+    def on_selection(path: Path) -> Fidelity:
+        if not reference:
+            reference.update(out=outputs_of(str(model_path), selection, providers=providers, threads=threads),
+                             classifier=is_classifier(model_path))
+        out = outputs_of(str(path), selection, providers=providers, threads=threads)
+        return fidelity(reference["out"], out, selection.labels, reference["classifier"])
+
+    return on_selection
+
+
 def _next_nodes(fallbacks: list[Fallback], excluded: list[str], used: set[int], group: int) -> list[str]:
     """The nodes of the next ``group`` units (by rank) not tried yet that take away some error and add a
     node not in FP32 already; their indices join ``used``."""
@@ -122,65 +162,26 @@ def _next_nodes(fallbacks: list[Fallback], excluded: list[str], used: set[int], 
     return added
 
 
-def hold_in_fp32(path: str | Path, nodes: list[str]) -> list[str]:
-    """Make the excluded ``nodes`` of the QDQ model at ``path`` run in FP32, in place; returns those changed.
-
-    ONNX Runtime (>= 1.21, WeightBiasQuantization) quantizes at load time the float weights of a
-    Conv/ConvTranspose/Gemm whose input comes from a DequantizeLinear and whose output reaches a
-    QuantizeLinear: per tensor, symmetric int8. A node ``nodes_to_exclude`` kept in FP32 between two
-    quantized neighbours is such a node, so it ran INT8 with coarser weights than before. Its input is
-    dequantized with plain arithmetic instead (Cast, Sub zero point, Mul scale: the same values), which
-    no QDQ fusion matches."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    producer = {t: n for n in graph.node for t in n.output}
-    scalars = {t.name for t in graph.initializer if len(t.dims) == 0 or list(t.dims) == [1]}
-    wanted = set(nodes)
-    changed, ordered = [], []
-    for node in graph.node:
-        dq = producer.get(node.input[0]) if node.input else None
-        if (node.name in wanted and node.op_type in ("Conv", "ConvTranspose", "Gemm") and dq is not None
-                and dq.op_type == "DequantizeLinear" and dq.input[1] in scalars and len(node.input) > 1
-                and node.input[1] not in producer):
-            base = f"{node.name}_fp32_input"
-            ordered.append(helper.make_node("Cast", [dq.input[0]], [base + "_cast"], base + "_cast", to=TensorProto.FLOAT))
-            value = base + "_cast"
-            if len(dq.input) > 2 and dq.input[2]:
-                ordered += [helper.make_node("Cast", [dq.input[2]], [base + "_zp"], base + "_zp", to=TensorProto.FLOAT),
-                            helper.make_node("Sub", [value, base + "_zp"], [base + "_sub"], base + "_sub")]
-                value = base + "_sub"
-            ordered.append(helper.make_node("Mul", [value, dq.input[1]], [base], base + "_mul"))
-            node.input[0] = base
-            changed.append(node.name)
-        ordered.append(node)
-    if changed:
-        del graph.node[:]
-        graph.node.extend(ordered)
-        onnx.save(model, str(path))
-    return changed
-
-
 def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConfig, calibration: Dataset | None,
                    evaluation: Dataset, *, max_accuracy_drop: float, min_cosine: float = 0.99, group: int = 2,
                    max_steps: int = 6, batches: tuple[int, ...] = (1, 8), providers: list[str] | None = None,
                    runs: int = 10, force: bool = False, preset_name: str | None = None, calib_batch: int = 8,
                    fuse: bool = True, chunk: int | None = None, threads: int | None = None,
-                   progress: Callable[[str], None] | None = None,
-                   ranked: list[Ranking] | None = None) -> tuple[QuantizeResult | None, list[GuardStep]]:
+                   progress: Callable[[str], None] | None = None, ranked: list[Ranking] | None = None,
+                   selected: dict[str, Any] | None = None) -> tuple[QuantizeResult | None, list[GuardStep]]:
     """Quantize with ``config``; while the INT8 model misses the accuracy budget, keep the next ``group``
     units of the ranking (:func:`rank_nodes`: output error taken away per share of the compute) in FP32
     and quantize again, up to ``max_steps`` tries. Every try is measured: fidelity, and latency
     interleaved with FP32 and with the model kept so far (its milliseconds lost). A try that does not
-    improve fidelity (:func:`~toolchain.quantize.measure.improves`) is undone and the next units are
-    tried, so every kept step improves fidelity. Every try is returned (``kept`` says which stayed).
-    The budget is that of :func:`~toolchain.quantize.measure.within_budget` (``max_accuracy_drop``
-    points, else ``min_cosine``); ``batches`` are the batch sizes timed, ``runs`` the interleaved runs.
+    improve fidelity on the selection set (:func:`selection_sets`: the calibration set, else half of
+    ``evaluation``; :func:`~toolchain.quantize.measure.improves`) is undone and the next units are tried,
+    so every kept step improves fidelity there. Every try is returned (``kept`` says which stayed).
+    The budget, judged on the evaluation set (the reported part when it was split), is that of
+    :func:`~toolchain.quantize.measure.within_budget` (``max_accuracy_drop`` points, else
+    ``min_cosine``); ``batches`` are the batch sizes timed, ``runs`` the interleaved runs.
     ``output`` is written only when a step meets the budget; otherwise the result is None. ``progress``
     receives one line of text before each long step (quantizing, measuring, ranking nodes); ``ranked``,
-    when given, receives the ranking used."""
+    when given, receives the ranking used, and ``selected`` the selection set's ``info``."""
     import tempfile
 
     say = progress or (lambda _text: None)
@@ -188,6 +189,10 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
     if config.mode == "static" and (calibration is None or len(calibration) == 0):
         raise ToolchainError("static quantization needs calibration data", hint=f"pass {option('--calib DATA', 'calibration')}")
     check_output(output, force=force, inputs=(str(model_path),))
+    selection, evaluation, info = selection_sets(calibration, evaluation)
+    if selected is not None:
+        selected.update(info)
+    on_selection = _judge(model_path, selection, providers, threads)
     steps: list[GuardStep] = []
     excluded: list[str] = list(config.exclude)
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,8 +205,8 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             if step:
                 if ranking is None:
                     say(f"over budget ({steps[-1].reason}): ranking what each node's quantization costs the output")
-                    probe = calibration if calibration is not None and len(calibration) else evaluation
-                    probe = probe.take(0, min(len(probe), RANK_SAMPLES))
+                    probe = selection.take(0, min(len(selection), RANK_SAMPLES))
+                    steps[0].selection_fidelity = on_selection(kept_path)
                     ranking = rank_nodes(pre, kept_path, probe, config, excluded, threads,
                                          lambda text: say(f"ranking nodes: {text}"))
                     if ranked is not None:
@@ -216,8 +221,6 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
             result = quantize_model(model_path, candidate, cfg, calibration, force=True, preset_name=preset_name,
                                     keep_preprocessed=pre if not step else None, calib_batch=calib_batch, fuse=fuse,
                                     chunk=chunk, progress=lambda text, w=where: say(f"{w}: {text}"))
-            if trial and config.mode == "static":
-                hold_in_fp32(candidate, trial)
             say(f"{where}: measuring against FP32")
             paths = {"FP32": str(model_path), "INT8": str(candidate)} | ({"kept": str(kept_path)} if step else {})
             latency, fids = speed_and_fidelity(paths, evaluation, batches=batches, providers=providers, runs=runs,
@@ -232,7 +235,8 @@ def guard_accuracy(model_path: str | Path, output: str | Path, config: QuantConf
                 share = sum(ranking.shares.get(n, 0.0) for n in added)
                 first = steps[0]
                 this.added, this.fidelity_before = list(added), before.fidelity
-                this.kept = improves(before.fidelity, fid)
+                this.selection_before, this.selection_fidelity = before.selection_fidelity, on_selection(candidate)
+                this.kept = improves(this.selection_before, this.selection_fidelity)
                 this.ms_lost = {b: latency["INT8"][b].median - latency["kept"][b].median for b in batches}
                 this.estimated_ms_lost = {b: share * (first.fp32_latency[b]["median_ms"] - first.latency[b]["median_ms"])
                                           for b in batches}

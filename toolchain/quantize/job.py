@@ -54,6 +54,8 @@ class QuantizeJob:
     ``cpu``). ``seq_len`` (tokens), ``tokenizer`` (directory), ``image_size`` (H, W in pixels) and
     ``mean``/``std`` (per channel) shape the samples. ``calib_batch``: samples per calibration batch;
     ``chunk``: at most this many intermediate outputs held at once; ``fuse``: ORT's transformer fusions.
+    ``threads``: ONNX Runtime intra-op threads for the measurements and the guard's ranking (None: ORT's
+    default, every core).
     """
 
     model: str
@@ -85,6 +87,7 @@ class QuantizeJob:
     chunk: int | None = None
     fuse: bool = True
     force: bool = False
+    threads: int | None = None
 
 
 class BudgetError(ToolchainError):
@@ -148,7 +151,10 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     ``threads`` actually used, ``spinning`` (false: the alternated sessions do not spin), ``cpu`` with its
     ``model`` and INT8-relevant ``flags``, ``runs``, ``warmup``; :func:`toolchain.runtime.timing.conditions`);
     plus ``quantization`` (what was written), ``guard`` (every try of the accuracy guard:
-    :func:`guard_entries`) and ``sensitivity`` (its ranking: :func:`ranking_entry`) where they apply. ``progress`` receives one line of text before each long step
+    :func:`guard_entries`), ``guard_selection`` (the data the guard decided keep or undo on, never the
+    reported evaluation data unless it has one sample: ``data``, ``source``, ``samples``, ``split``,
+    ``evaluation_samples``, ``biased``; when ``split``, ``evaluation`` names the reported part and its
+    ``selection_samples``) and ``sensitivity`` (its ranking: :func:`ranking_entry`) where they apply. ``progress`` receives one line of text before each long step
     (loading data, calibration, each guard step, each ``auto`` candidate).
 
     An INT8 model that misses the budget is never written: when the guard's FP32 fallbacks cannot bring
@@ -193,7 +199,7 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
         notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
     budget = DEFAULT_MAX_ACCURACY_DROP if job.max_accuracy_drop is None else job.max_accuracy_drop
     min_cosine = DEFAULT_MIN_COSINE if job.min_cosine is None else job.min_cosine
-    timing = dict(batches=batches, providers=providers, runs=job.runs)
+    timing = dict(batches=batches, providers=providers, runs=job.runs, threads=job.threads)
 
     report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
                               "providers": providers, "notes": notes, "failed": False,
@@ -201,7 +207,7 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
                                                                               "samples": len(calib_set),
                                                                               "sha256": calib_set.sha256},
                               "evaluation": {"source": eval_set.source, "samples": len(eval_set)},
-                              "timing": conditions(None, runs=job.runs, warmup=WARMUP)}
+                              "timing": conditions(job.threads, runs=job.runs, warmup=WARMUP)}
     if job.auto:
         result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
                                min_cosine=min_cosine, force=job.force, calib_batch=job.calib_batch, progress=say,
@@ -210,16 +216,21 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
                           for c in result.candidates]
         if result.guard:
             report["guard"] = guard_entries(model, result.guard)
+            _selection_entry(report, result.guard_selection, len(result.guard) > 1)
         report.update(output=result.output, chosen=result.chosen, recommendation=result.recommendation)
         if result.missed_budget:
             report.update(failed=True, recommendation=result.missed_budget)
             raise BudgetError(result.missed_budget, report, hint=_loosen_hint())
         return report
     ranked: list = []
+    selected: dict[str, Any] = {}
     result, steps = guard_accuracy(model, output, config, calib_set, eval_set, max_accuracy_drop=budget,
                                    min_cosine=min_cosine, force=job.force, preset_name=chosen.name,
                                    calib_batch=job.calib_batch, fuse=job.fuse, chunk=job.chunk, progress=say,
-                                   ranked=ranked, **timing)
+                                   ranked=ranked, selected=selected, **timing)
+    if selected["split"]:  # every figure below is on the reported part
+        report["evaluation"].update(samples=selected["evaluation_samples"], selection_samples=selected["samples"])
+    _selection_entry(report, selected, len(steps) > 1)
     fp32_size = file_size(Path(model))
     first = steps[0]
     report["rows"] = [_row("FP32", None, first.fp32_latency, {b: 1.0 for b in batches}, first.fp32_fidelity,
@@ -247,6 +258,26 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     report.update(output=result.path, chosen=result.label,
                   recommendation=f"wrote {result.path}; {_verdict(kept.speedup)}", quantization=asdict(result))
     return _fill_sizes(report, result)
+
+
+def _selection_entry(report: dict[str, Any], selected: dict[str, Any] | None, tried: bool) -> None:
+    """The report's ``guard_selection`` (what the guard decided keep or undo on:
+    :func:`~toolchain.quantize.guard.selection_sets`) and, when it tried fallbacks, a note saying so."""
+    if not selected:
+        return
+    report["guard_selection"] = dict(selected)
+    if not tried:
+        return
+    if selected["biased"]:
+        report["notes"].append("the guard chose its FP32 fallbacks on the evaluation set itself (one sample): "
+                               "the fidelity reported is optimistic")
+    elif selected["split"]:
+        report["notes"].append(f"the guard chose its FP32 fallbacks on the first {selected['samples']} evaluation "
+                               f"samples and reports fidelity on the other {selected['evaluation_samples']}: pass "
+                               + option("--calib DATA", "calib_data") + " to choose on calibration data instead")
+    else:
+        report["notes"].append(f"the guard chose its FP32 fallbacks on the {selected['samples']} calibration samples; "
+                               f"fidelity is reported on the {selected['evaluation_samples']} evaluation samples")
 
 
 def _loosen_hint() -> str:
@@ -284,7 +315,10 @@ def guard_entries(model_path: str, steps: list[GuardStep]) -> list[dict[str, Any
     ``shortfall_before``/``shortfall`` (the measure the budget judges, lower is better), ``gain``
     (shortfall before minus after), ``ms_lost`` (measured: median against the kept model's in the same
     interleaved runs, by batch size), ``estimated_ms_lost`` (multiply-accumulate share estimate) and
-    ``estimated_gain`` (output error energy the ranking expected to take away)."""
+    ``estimated_gain`` (output error energy the ranking expected to take away). These fidelities are on the
+    evaluation set; ``selection_fidelity_before``/``selection_fidelity``, what keep or undo was decided on,
+    are on the report's ``guard_selection`` data (None where not measured: every one when no fallback was
+    tried, and the one before step 0)."""
     entries = []
     for i, s in enumerate(steps):
         before = s.fidelity_before
@@ -295,7 +329,9 @@ def guard_entries(model_path: str, steps: list[GuardStep]) -> list[dict[str, Any
                         "shortfall": shortfall(s.fidelity), "gain": s.gain,
                         "ms_lost": {str(b): v for b, v in s.ms_lost.items()},
                         "estimated_ms_lost": {str(b): v for b, v in s.estimated_ms_lost.items()},
-                        "estimated_gain": s.estimated_gain})
+                        "estimated_gain": s.estimated_gain,
+                        "selection_fidelity_before": asdict(s.selection_before) if s.selection_before else None,
+                        "selection_fidelity": asdict(s.selection_fidelity) if s.selection_fidelity else None})
     return entries
 
 

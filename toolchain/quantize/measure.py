@@ -94,6 +94,15 @@ def _feeds_for_batch(data: Dataset, batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v] * reps)[:batch] for k, v in data.feeds.items()}
 
 
+def outputs_of(path: str, data: Dataset, *, providers: list[str] | None = None,
+               threads: int | None = None) -> np.ndarray:
+    """The outputs :func:`speed_and_fidelity` compares: the model at ``path``'s first output over every
+    sample of ``data`` (pooled for token embeddings), without timing."""
+    from toolchain.runtime.session import create_session
+
+    return pooled(run_outputs(create_session(path, providers, threads=threads), data), data)
+
+
 def speed_and_fidelity(paths: dict[str, str], evaluation: Dataset, *, batches: tuple[int, ...] = (1, 8),
                    providers: list[str] | None = None, runs: int = 20, threads: int | None = None,
                    reference: str | None = None) -> tuple[dict[str, dict[int, Summary]], dict[str, Fidelity]]:

@@ -32,6 +32,7 @@ from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.core.fsio import atomic_dir, captured_output, check_output, commit_files, sha256_file
 from toolchain.core.onnxfile import model_metadata, set_metadata
 from toolchain.data.dataset import Dataset
+from toolchain.quantize.holdfp32 import hold_in_fp32
 from toolchain.quantize.outliers import split_outliers
 from toolchain.quantize.qdq import compact_qdq, ort_quantizes_float_bias
 from toolchain.quantize.smooth import smooth_model
@@ -121,7 +122,8 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
     Static mode needs ``calibration`` (samples fed ``calib_batch`` at a time; ``chunk`` bounds how many
     intermediate outputs MinMax calibration holds in memory). With ``fuse``, transformer models first
     get ONNX Runtime's transformer fusions (attention, layer norm, GELU). ``keep_preprocessed`` receives
-    a copy of the FP32 graph that was quantized (node names to exclude refer to it). The output keeps the input's
+    a copy of the FP32 graph that was quantized (node names to exclude refer to it); static mode keeps the
+    ``config.exclude`` nodes really in FP32 (:func:`~toolchain.quantize.holdfp32.hold_in_fp32`). The output keeps the input's
     metadata (provenance, node-to-module map) and adds ``toolchain.quantization``. Written atomically;
     an existing output needs ``force``. ``calib_batch`` counts samples (histogram calibrators take one
     at a time); ``preset_name`` is only recorded. With ``smooth`` (the default), dynamic quantization of a
@@ -214,6 +216,8 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
             "source": calibration.source, "samples": len(calibration), "sha256": calibration.sha256,
             "synthetic": calibration.synthetic, "batch": calib_batch if config.calibration == "minmax" else 1}
         _stamp(out, src, config, calib_info, kind, preset_name, reference=pre, transforms=transforms)
+        if config.mode == "static" and config.exclude:  # else ORT would run them INT8 after all
+            hold_in_fp32(out, list(config.exclude))
         for leftover in ("pre.onnx", "fused.onnx"):
             (scratch / leftover).unlink(missing_ok=True)
         for extra_file in scratch.glob("*"):  # calibration scratch ORT may leave behind
