@@ -70,6 +70,13 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (avoids saturation on CPUs without VNNI).")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--adaround", is_flag=True, help="Static QDQ: learn the rounding of the int8 weights (AdaRound) on the "
+              "calibration set, per output channel where it beats rounding to nearest (minutes on a CNN).")
+@click.option("--bias-correction", is_flag=True, help="Static QDQ: fold the mean output shift each layer's weight "
+              "rounding causes on the calibration set into its bias (depthwise nets: EfficientNet-Lite0 80.8% -> "
+              "88.7% top-1 agreement with FP32 in exact int8 arithmetic).")
+@click.option("--exclude", multiple=True, metavar="NODE", help="An ONNX node name to keep in FP32 (repeat; names of "
+              "the pre-processed graph, as the guard's report lists them).")
 @click.option("--max-accuracy-drop", type=FiniteFloatRange(0, 100), help="Accuracy budget in points (top-1 disagreement "
               "without labels), always checked; beyond it, the most sensitive nodes are kept in FP32, a group at a "
               "time, and if that cannot meet it nothing is written (exit 2). Default 1.")
@@ -95,7 +102,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @json_option
 @click.pass_context
 def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, preset_name, auto, mode, fmt, activations,
-             weights, per_channel, reduce_range, calibration, max_accuracy_drop, min_cosine, batch_sizes, runs, providers,
+             weights, per_channel, reduce_range, calibration, adaround, bias_correction, exclude, max_accuracy_drop,
+             min_cosine, batch_sizes, runs, providers,
              threads, seq_len, tokenizer, image_size, calib_batch, mean, std, chunk, no_fusion, force,
              as_json) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 with ONNX Runtime, and check that it pays off.
@@ -120,7 +128,8 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
     job = QuantizeJob(model=model, output=output, calib_data=calib, eval_data=eval_, calib_samples=calib_samples,
                       eval_samples=eval_samples, target=preset_name, auto=auto, mode=mode, fmt=fmt,
                       activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
-                      calibration=calibration, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+                      calibration=calibration, adaround=adaround, bias_correction=bias_correction,
+                      exclude=tuple(exclude), max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
                       batch_sizes=_ints(batch_sizes), runs=runs, providers=tuple(providers), seq_len=seq_len,
                       tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
                       calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force, threads=threads)

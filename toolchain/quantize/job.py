@@ -46,7 +46,9 @@ class QuantizeJob:
     CPU). ``auto``: measure every candidate of the preset and keep the fastest within budget. ``mode``
     (``static``/``dynamic``) and ``activations`` (``uint8``/``int8``) default to the preset's; ``fmt``
     (``qdq``/``qoperator``), ``weights``, ``per_channel``, ``reduce_range``, ``calibration``
-    (``minmax``/``entropy``/``percentile``) as in :class:`~toolchain.targets.presets.QuantConfig`.
+    (``minmax``/``entropy``/``percentile``), ``adaround``, ``bias_correction`` (static QDQ remedies fitted
+    on the calibration set, :mod:`toolchain.quantize.remedies`) and ``exclude`` (node names kept in FP32)
+    as in :class:`~toolchain.targets.presets.QuantConfig`.
     ``max_accuracy_drop`` (points) and ``min_cosine`` (0 to 1) are the accuracy budget the guard always
     holds the INT8 model to (1 and 0.99 when unset: ``DEFAULT_MAX_ACCURACY_DROP`` and
     ``DEFAULT_MIN_COSINE`` of :mod:`toolchain.quantize.measure`). ``batch_sizes`` and ``runs``: timing of
@@ -73,6 +75,9 @@ class QuantizeJob:
     per_channel: bool = True
     reduce_range: bool = False
     calibration: str = "minmax"
+    adaround: bool = False
+    bias_correction: bool = False
+    exclude: tuple[str, ...] = ()
     max_accuracy_drop: float | None = None
     min_cosine: float | None = None
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -174,7 +179,9 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     base = chosen.transformer if transformer else chosen.static
     config = replace(base, mode=job.mode or base.mode, fmt=job.fmt,
                      activations=job.activations or base.activations, weights=job.weights, per_channel=job.per_channel,
-                     reduce_range=job.reduce_range or base.reduce_range, calibration=job.calibration)
+                     reduce_range=job.reduce_range or base.reduce_range, calibration=job.calibration,
+                     adaround=job.adaround, bias_correction=job.bias_correction, exclude=tuple(job.exclude))
+    config.validate()
     opts = DataOptions(seq_len=job.seq_len, tokenizer=job.tokenizer, mean=job.mean, std=job.std,
                        image_size=job.image_size)
     needs_calib = job.auto or config.mode == "static"

@@ -35,6 +35,7 @@ from toolchain.data.dataset import Dataset
 from toolchain.quantize.holdfp32 import hold_in_fp32
 from toolchain.quantize.outliers import split_outliers
 from toolchain.quantize.qdq import compact_qdq, ort_quantizes_float_bias
+from toolchain.quantize.remedies import apply_remedies
 from toolchain.quantize.smooth import smooth_model
 from toolchain.targets.presets import QuantConfig
 
@@ -218,6 +219,9 @@ def quantize_model(model_path: str | Path, output: str | Path, config: QuantConf
         _stamp(out, src, config, calib_info, kind, preset_name, reference=pre, transforms=transforms)
         if config.mode == "static" and config.exclude:  # else ORT would run them INT8 after all
             hold_in_fp32(out, list(config.exclude))
+        if config.adaround or config.bias_correction:
+            apply_remedies(out, pre, calibration, adaround=config.adaround, bias_correction=config.bias_correction,
+                           quant_key=QUANT_KEY, progress=say)
         for leftover in ("pre.onnx", "fused.onnx"):
             (scratch / leftover).unlink(missing_ok=True)
         for extra_file in scratch.glob("*"):  # calibration scratch ORT may leave behind

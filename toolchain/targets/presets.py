@@ -29,6 +29,8 @@ class QuantConfig:
     percentile: float = 99.999
     exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] | None = None  # None: every op ORT can quantize
+    adaround: bool = False  # static QDQ: learned rounding of the int8 weights, fitted on the calibration set
+    bias_correction: bool = False  # static QDQ: empirical bias correction, on the calibration set
 
     @property
     def label(self) -> str:
@@ -38,7 +40,8 @@ class QuantConfig:
         pc = "per-channel" if self.per_channel else "per-tensor"
         if self.mode == "dynamic":
             return f"dynamic {w} {pc}" + (" reduce-range" if self.reduce_range else "")
-        extras = [x for x, on in (("reduce-range", self.reduce_range), ("sym-act", self.symmetric_activations)) if on]
+        extras = [x for x, on in (("reduce-range", self.reduce_range), ("sym-act", self.symmetric_activations),
+                                  ("adaround", self.adaround), ("bias-corrected", self.bias_correction)) if on]
         text = f"static {self.fmt.upper()} {a}{w} {pc} {self.calibration}"
         text += "".join(f" {x}" for x in extras)
         return text + (f" ({len(self.exclude)} nodes FP32)" if self.exclude else "")
@@ -48,7 +51,9 @@ class QuantConfig:
                   (self.fmt in ("qdq", "qoperator"), f"format must be qdq or qoperator, not {self.fmt!r}"),
                   (self.activations in ("uint8", "int8"), "activations must be uint8 or int8"),
                   (self.weights in ("uint8", "int8"), "weights must be uint8 or int8"),
-                  (self.calibration in CALIBRATION_METHODS, f"calibration must be one of {', '.join(CALIBRATION_METHODS)}")]
+                  (self.calibration in CALIBRATION_METHODS, f"calibration must be one of {', '.join(CALIBRATION_METHODS)}"),
+                  (not (self.adaround or self.bias_correction) or (self.mode == "static" and self.fmt == "qdq"),
+                   "AdaRound and bias correction apply to static QDQ quantization only")]
         for ok, message in checks:
             if not ok:
                 raise ToolchainError(message)
