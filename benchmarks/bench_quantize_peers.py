@@ -162,6 +162,11 @@ def main() -> None:
           + ", ".join(f for f, on in cond["cpu"]["flags"].items() if on))
     out = Path(__file__).parent / "results" / "quantize_peers.json"
     out.parent.mkdir(exist_ok=True)
+    # a run of some models replaces their rows and keeps the others'
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    ran = {r["model"] for r in rows}
+    rows = [r for r in previous.get("rows", []) if r["model"] not in ran] + rows
+    tool_reports = {**{k: v for k, v in previous.get("toolchain", {}).items() if k not in ran}, **tool_reports}
     out.write_text(json.dumps({"conditions": cond, "runs": args.runs, "rows": rows, "toolchain": tool_reports},
                               indent=2, default=str))
     print(f"wrote {out}")

@@ -134,6 +134,11 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
     assert run.exit_code == 0, run.output
     report = json.loads(run.output)
     assert report["timing"]["threads"] == 1  # --threads: the timing and the guard's ranking
+    from toolchain.targets.presets import host_preset
+
+    assert report["preset"] == host_preset() and report["preset_reason"].startswith(f"preset {host_preset()} ")
+    assert report["notes"][0] == report["preset_reason"]
+    assert "AVX512-VNNI" in report["preset_reason"] or host_preset() == "arm64"
     assert report["guard_selection"]["data"] == "calibration" and report["guard_selection"]["samples"] == 50
     assert report["output"] == str(out) and [r["label"] for r in report["rows"]][0] == "FP32"
     assert report["calibration"]["samples"] == 50 and report["evaluation"]["samples"] == 100

@@ -31,7 +31,7 @@ from toolchain.quantize.measure import (
 from toolchain.quantize.sensitivity import Ranking
 from toolchain.quantize.static import QuantizeResult, file_size, model_type
 from toolchain.runtime.timing import conditions
-from toolchain.targets.presets import preset
+from toolchain.targets.presets import PRESETS, preset, preset_reason
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,6 @@ def resolve_target(target: str | None, providers: tuple[str, ...] = ()) -> tuple
     or a target ``.toml``; None: this machine's default preset). ``providers``, when given, win over the
     target's; the fallback is ``("cpu",)``. Every provider must be usable here (checked before any work:
     a model written and then not timable helps nobody)."""
-    from toolchain.targets.presets import PRESETS
 
     preset_name = target
     if target and target not in PRESETS:  # a target: its preset, and where it runs
@@ -208,7 +207,12 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     min_cosine = DEFAULT_MIN_COSINE if job.min_cosine is None else job.min_cosine
     timing = dict(batches=batches, providers=providers, runs=job.runs, threads=job.threads)
 
-    report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "batches": list(batches),
+    reason = preset_reason(chosen.name, job.target if job.target and job.target not in PRESETS else None)
+    if job.target is None:
+        reason = preset_reason(None)
+    notes.insert(0, reason)
+    report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "preset_reason": reason,
+                              "batches": list(batches),
                               "providers": providers, "notes": notes, "failed": False,
                               "calibration": None if calib_set is None else {"source": calib_set.source,
                                                                               "samples": len(calib_set),
