@@ -39,7 +39,9 @@ def spy(monkeypatch):
         return s
 
     monkeypatch.setattr(rt_session, "create_session", recording)
-    from toolchain.profile import trace  # bound at import: patched there too, whichever test imported it first
+    from toolchain.profile import (
+        trace,  # bound at import: patched there too, whichever test imported it first
+    )
 
     monkeypatch.setattr(trace, "create_session", recording)
     return made
