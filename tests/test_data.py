@@ -25,6 +25,8 @@ def test_builtin_mnist_is_shuffled_normalised_and_labelled(mnist_cnn):
     assert len(set(ds.labels.tolist())) == 10  # the file is sorted by digit; the loader shuffles
     x = ds.feeds["pixel_values"]
     assert x.min() == pytest.approx((0 - 0.1307) / 0.3081, abs=1e-5)  # the model's own normalisation
+    # a subset of MNIST's training set, and it says so through every split
+    assert ds.subset_of == "MNIST's training set" and ds.take(0, 10).subset_of == ds.subset_of
 
 
 def test_npz_round_trip_and_mismatches(mnist_cnn, tmp_path):

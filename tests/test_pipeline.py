@@ -178,6 +178,8 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
     assert names[:4] == ["baseline (FP32)", "pruning only", "INT8 only", "distillation only"]
     assert names[-1].startswith("full pipeline") and len(names) == (5 if chosen["quant"] else 6)
     assert report["estimated"] and "ESTIMATED" in (run_dir / "report" / "report.md").read_text()
+    assert stages["baseline"]["metrics"]["data_subset_of"] == "MNIST's training set"
+    assert report["notes"][0].startswith("builtin:mnist is a subset of MNIST's training set")
     assert report["pareto"]["points"] and any(p["front_energy"] for p in report["pareto"]["points"])
     search = stages["search"]["metrics"]
     assert len(search["candidates"]) == 4 and search["chosen"]["label"] in {c["label"] for c in search["candidates"]}

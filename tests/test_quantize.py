@@ -138,6 +138,8 @@ def test_cli_quantize_json_and_errors(mnist_cnn, tmp_path):
 
     assert report["preset"] == host_preset() and report["preset_reason"].startswith(f"preset {host_preset()} ")
     assert report["notes"][0] == report["preset_reason"]
+    assert report["evaluation"]["subset_of"] == "MNIST's training set"
+    assert any("builtin:mnist is a subset of MNIST's training set" in n for n in report["notes"])
     assert "AVX512-VNNI" in report["preset_reason"] or host_preset() == "arm64"
     assert report["guard_selection"]["data"] == "calibration" and report["guard_selection"]["samples"] == 50
     assert report["output"] == str(out) and [r["label"] for r in report["rows"]][0] == "FP32"

@@ -124,7 +124,7 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 def _subset(ds: Dataset, idx: np.ndarray) -> Dataset:
     labels = None if ds.labels is None else ds.labels[idx]
-    return Dataset(ds.source, {k: v[idx] for k, v in ds.feeds.items()}, labels, ds.synthetic)
+    return Dataset(ds.source, {k: v[idx] for k, v in ds.feeds.items()}, labels, ds.synthetic, ds.subset_of)
 
 
 def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

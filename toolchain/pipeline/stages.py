@@ -83,6 +83,7 @@ def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
     reference = onnx_outputs(out / "model.onnx", eval_data)
     metric, name = onnx_metric(out / "model.onnx", eval_data, reference)
     return {"metric": metric, "metric_name": name, "eval_samples": held, "train_samples": len(data) - held,
+            "data_subset_of": data.subset_of,
             "joules_per_inference": table.joules_per_inference, "meter": table.meter}
 
 
@@ -194,7 +195,10 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
                        for c in search["candidates"]],
             "stages": [{"name": s, "status": run.stage(s).status, "seconds": run.stage(s).seconds}
                        for s in STAGES if s in run.manifest.stages],
-            "notes": [f"every variant measured at batch {batch} on {run.target.name}: J/inference and latency "
+            "notes": [*([f"{run.data} is a subset of {subset}: accuracy here is measured on data the source "
+                         "model may have been trained on, not held out (the comparison between variants still "
+                         "holds)"] if (subset := run.metrics("baseline").get("data_subset_of")) else []),
+                      f"every variant measured at batch {batch} on {run.target.name}: J/inference and latency "
                       f"per inference are per call / {batch}",
                       f"scheduler: {len(search['candidates'])} candidates (pruning point x distillation temperature x "
                       f"INT8 configuration) measured on {run.target.name}; chosen {best['label']} (objective "

@@ -203,6 +203,9 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
         notes.append(f"fidelity measured on {eval_set.source}, not on held-out data: pass " + option("--eval DATA", "eval_data"))
     if eval_set.synthetic:
         notes.append("evaluation data is synthetic (random inputs): fidelity says little about real accuracy")
+    if eval_set.subset_of and eval_set.labels is not None:
+        notes.append(f"{eval_set.source} is a subset of {eval_set.subset_of}: its accuracy is no held-out "
+                     "figure for a model trained on that set (INT8 against FP32 fidelity still holds)")
     budget = DEFAULT_MAX_ACCURACY_DROP if job.max_accuracy_drop is None else job.max_accuracy_drop
     min_cosine = DEFAULT_MIN_COSINE if job.min_cosine is None else job.min_cosine
     timing = dict(batches=batches, providers=providers, runs=job.runs, threads=job.threads)
@@ -217,7 +220,8 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
                               "calibration": None if calib_set is None else {"source": calib_set.source,
                                                                               "samples": len(calib_set),
                                                                               "sha256": calib_set.sha256},
-                              "evaluation": {"source": eval_set.source, "samples": len(eval_set)},
+                              "evaluation": {"source": eval_set.source, "samples": len(eval_set),
+                                             "subset_of": eval_set.subset_of},
                               "timing": conditions(job.threads, runs=job.runs, warmup=WARMUP)}
     if job.auto:
         result = auto_quantize(model, output, calib_set, eval_set, preset_name=chosen.name, max_accuracy_drop=budget,
