@@ -16,6 +16,7 @@ model's input and normalised like any image folder. No labels: these are for fid
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,7 @@ def photo_files() -> list[Path]:
     """Every photograph available on this machine, in the fixed order the split uses."""
     files: list[Path] = []
     try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("skimage")
+        spec = importlib.util.find_spec("skimage")  # located, never imported
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:

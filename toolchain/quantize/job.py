@@ -211,8 +211,6 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
     timing = dict(batches=batches, providers=providers, runs=job.runs, threads=job.threads)
 
     reason = preset_reason(chosen.name, job.target if job.target and job.target not in PRESETS else None)
-    if job.target is None:
-        reason = preset_reason(None)
     notes.insert(0, reason)
     report: dict[str, Any] = {"model": model, "output": None, "preset": chosen.name, "preset_reason": reason,
                               "batches": list(batches),
