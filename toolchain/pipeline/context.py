@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from toolchain.core.errors import ToolchainError, option
 from toolchain.formats.manifest import Manifest, StageEntry
@@ -26,6 +26,15 @@ FROM = option("--from", "from_stage")
 UNTIL = option("--until", "until")
 OUTPUT = option("-o", "output")
 DATA = option("--data", "data")
+EVAL_DATA = option("--eval-data", "eval_data")
+CALIB_DATA = option("--calib-data", "calib_data")
+
+# a user's metric (Python API): (outputs, labels or None) -> a score, higher is better
+Metric = Callable[[Any, Any], float]
+
+# the baseline stage's split files: what trains (fine-tuning, distillation), what calibrates INT8 and
+# selects (pruning steps, the scheduler's choice), and what is held out (only ever evaluated)
+SPLIT_FILES = {"train": "train.npz", "calibration": "calib.npz", "test": "eval.npz"}
 AGAIN = option("run the same command again", "call run_pipeline again with the same job")
 
 
@@ -40,6 +49,10 @@ class Run:
     root: Path
     manifest: Manifest
     progress: Callable[[str], None] = lambda _text: None
+    metric: Metric | None = None
+    metric_name: str | None = None
+    eval_data: str | None = None
+    calib_data: str | None = None
 
     def dir(self, stage: str) -> Path:
         """The directory of a finished stage."""
@@ -61,12 +74,21 @@ def source_model(run: Run):
     return load_model(run.model)
 
 
-def datasets(run: Run, base: Path | None = None):
-    """The baseline stage's split: (train, eval)."""
+class Splits(NamedTuple):
+    """The baseline stage's three disjoint parts of the data (see :data:`SPLIT_FILES`)."""
+
+    train: Any
+    calibration: Any
+    test: Any
+
+
+def datasets(run: Run, base: Path | None = None) -> Splits:
+    """The baseline stage's split: train, calibration (INT8 calibration and every selection) and test (held
+    out: only evaluated, and the only data the report's accuracy comes from)."""
     from toolchain.data.load import load_dataset
 
     base = base or run.dir("baseline")
-    return tuple(load_dataset(str(base / f"{part}.npz"), base / "model.onnx") for part in ("train", "eval"))
+    return Splits(*(load_dataset(str(base / name), base / "model.onnx") for name in SPLIT_FILES.values()))
 
 
 def profile_options(run: Run, profile_runs: int, base: Path | None = None):
@@ -88,17 +110,43 @@ def onnx_outputs(path: Path, data) -> Any:
     return pooled(run_outputs(create_session(path), data), data)
 
 
-def onnx_metric(path: Path, data, reference) -> tuple[float, str]:
-    """Accuracy % where the data has labels and the model gives logits, else cosine x 100 against the
-    baseline's outputs ``reference``."""
+def onnx_metric(path: Path, data, reference, metric: Metric | None = None,
+                metric_name: str | None = None) -> tuple[float, str]:
+    """The user's ``metric`` (outputs, labels) where given; else accuracy % where the data has labels and
+    the model gives logits, else cosine x 100 against the baseline's outputs ``reference``."""
     from toolchain.runtime.outputs import fidelity, is_classifier
 
     out = onnx_outputs(path, data)
+    if metric is not None:
+        return float(user_metric(metric, out, data.labels)), metric_name or metric_label(metric)
     classifier = data.labels is not None and is_classifier(path) and out.shape[1] > int(data.labels.max())
     fid = fidelity(reference, out, data.labels if classifier else None, classifier)
     if fid.accuracy_int8 is not None:
         return 100 * fid.accuracy_int8, "accuracy %"
     return 100 * fid.cosine, "cosine x 100"
+
+
+def metric_label(metric: Metric) -> str:
+    """How a user's metric is named in reports and stage keys: its qualified name."""
+    return getattr(metric, "__qualname__", None) or type(metric).__name__
+
+
+def user_metric(metric: Metric, outputs, labels) -> float:
+    """Call the user's metric; an exception or a value that is not a finite number is one clear error."""
+    import math
+
+    try:
+        value = float(metric(outputs, labels))
+    except Exception as exc:  # the user's code: any failure is reported as theirs, in one line
+        raise ToolchainError(f"the metric {metric_label(metric)} failed: {type(exc).__name__}: {exc}") from None
+    if not math.isfinite(value):
+        raise ToolchainError(f"the metric {metric_label(metric)} returned {value}, not a finite number")
+    return value
+
+
+def run_metric(run: Run, path: Path, data, reference) -> tuple[float, str]:
+    """:func:`onnx_metric` with the run's metric (the user's, else accuracy / cosine)."""
+    return onnx_metric(path, data, reference, run.metric, run.metric_name)
 
 
 def distill_student(run: Run, student: str, out: Path, label: str, temperature: float) -> dict[str, Any]:
@@ -144,8 +192,8 @@ def quantize_onnx(run: Run, src: Path, dest: Path, config) -> dict[str, Any]:
     """INT8-quantize ``src`` into ``dest`` with ``config``, calibrated on the baseline's training data."""
     from toolchain.quantize import quantize_model
 
-    train, _ = datasets(run)
-    result = quantize_model(src, dest, config, calibration=train.take(0, run.recipe.calib_samples), force=True,
+    calibration = datasets(run).calibration
+    result = quantize_model(src, dest, config, calibration=calibration.take(0, run.recipe.calib_samples), force=True,
                             preset_name=run.target.quant_preset)
     return {"config": config.label, "preset": run.target.quant_preset, "size_fp32_bytes": result.size_fp32_bytes,
             "size_int8_bytes": result.size_int8_bytes}
@@ -156,7 +204,15 @@ def chosen(run: Run) -> dict[str, Any]:
     return run.metrics("search")["chosen"]
 
 
+def is_input(candidate: dict[str, Any]) -> bool:
+    """Whether a search candidate is the input model itself (unpruned, undistilled; FP32 or INT8)."""
+    return candidate.get("prune_dir") is None
+
+
 def deliverable(run: Run) -> Path:
-    """The artifact the run delivers: the INT8 model, or the FP32 one where the scheduler measured INT8
-    to cost more on the target."""
-    return run.dir("quantize") / "model.int8.onnx" if chosen(run)["quant"] else run.dir("export") / "model.onnx"
+    """The artifact the run delivers: the chosen candidate's file. The input model unchanged where nothing
+    beat it; its INT8 (quantize stage) where INT8 alone won; else the compressed student, INT8 or FP32."""
+    c = chosen(run)
+    if c["quant"]:
+        return run.dir("quantize") / "model.int8.onnx"
+    return run.dir("baseline") / "model.onnx" if is_input(c) else run.dir("export") / "model.onnx"

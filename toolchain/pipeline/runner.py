@@ -45,9 +45,16 @@ from toolchain.pipeline.stages import STAGE_FUNCS
 @dataclass(frozen=True)
 class PipelineJob:
     """One pipeline run: the model to compress (a source :func:`toolchain.model.load.load_model` takes),
-    the deployment target (a name or file :func:`toolchain.targets.target.load_target` takes), real data
-    (a quarter held out), the run directory, the recipe, and optionally the stages to run: from
-    ``from_stage`` on (earlier ones reused, which must be done) until ``until``."""
+    the deployment target (a name or file :func:`toolchain.targets.target.load_target` takes), real data,
+    the run directory, the recipe, and optionally the stages to run: from ``from_stage`` on (earlier ones
+    reused, which must be done) until ``until``.
+
+    ``eval_data`` (held out: only evaluated) and ``calib_data`` (INT8 calibration and selection) are data
+    specs of their own; without them a built-in set's own split is used, else ``data`` is split
+    (:mod:`toolchain.pipeline.splits`). ``metric(outputs, labels) -> float`` (higher is better; outputs a
+    numpy array, the model's first output pooled as the toolchain does, labels an int array or None) replaces
+    accuracy / cosine in the search, the comparison and the report (``metric_name`` names it; pruning's
+    own steps are still judged by accuracy / cosine)."""
 
     model: str
     target: str
@@ -56,6 +63,10 @@ class PipelineJob:
     recipe: Recipe = field(default_factory=Recipe)
     from_stage: str | None = None
     until: str | None = None
+    eval_data: str | None = None
+    calib_data: str | None = None
+    metric: Callable[[Any, Any], float] | None = None
+    metric_name: str | None = None
 
 
 def digest(*parts: Any) -> str:
@@ -79,8 +90,8 @@ def _check_stages(job: PipelineJob) -> None:
 
 def _run_dir(job: PipelineJob, input_paths: list[str]) -> Path:
     root = Path(job.output).expanduser().resolve()
-    if root in [Path(p).resolve() for p in input_paths] or (Path(job.data).exists() and
-                                                             Path(job.data).resolve() == root):
+    data_paths = [Path(d) for d in (job.data, job.eval_data, job.calib_data) if d and Path(d).exists()]
+    if root in [Path(p).resolve() for p in input_paths] or any(d.resolve() == root for d in data_paths):
         raise ToolchainError(f"{job.output}: refusing to write into an input; choose another {OUTPUT}")
     if root.exists() and not root.is_dir():
         raise ToolchainError(f"{job.output}: exists and is not a directory")
@@ -200,7 +211,8 @@ def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = N
         inputs = Inputs(model=job.model, model_hash=loaded.source_hash, task=loaded.task, data=job.data,
                         data_sha256=data_hash, target=target.to_dict())
         manifest = Manifest(inputs, asdict(job.recipe), versions(), previous.stages if previous else {})
-        run = Run(job.model, target, job.data, job.recipe, root, manifest, say)
+        run = Run(job.model, target, job.data, job.recipe, root, manifest, say, job.metric, job.metric_name,
+                  job.eval_data, job.calib_data)
         _run_stages(run, job)
         return manifest
     finally:
@@ -208,8 +220,14 @@ def run_pipeline(job: PipelineJob, *, progress: Callable[[str], None] | None = N
 
 
 def _run_stages(run: Run, job: PipelineJob) -> None:
+    from toolchain.pipeline.context import metric_label
+
     manifest, say = run.manifest, run.progress
-    earlier = digest(manifest.inputs.to_dict())
+    metric = (run.metric_name or metric_label(run.metric)) if run.metric else None
+    held = [(d, sha256_file(Path(d)) if Path(d).is_file() else None) if d else None
+            for d in (run.eval_data, run.calib_data)]
+    extra = [*held, metric] if (*held, metric) != (None, None, None) else []  # older run directories: same keys
+    earlier = digest(manifest.inputs.to_dict(), *extra)
     first = STAGES.index(job.from_stage) if job.from_stage else None
     last = STAGES.index(job.until) if job.until else len(STAGES) - 1
     for i, stage in enumerate(STAGES[:last + 1]):

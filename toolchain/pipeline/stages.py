@@ -2,12 +2,12 @@
 scratch directory that becomes ``RUN_DIR/NAME/`` once the stage is complete) and returns its metrics;
 it reads the earlier stages' files from their directories and their metrics from the manifest.
 
-    baseline  export FP32, split the data, profile on the target
+    baseline  export FP32, split the data (train / calibration / held-out test), profile on the target
     prune     energy-aware pruning fed by the baseline cost table; the scheduler's pruning candidates
-    search    the scheduler (:mod:`toolchain.pipeline.search`)
-    distill   the chosen pruned student distilled from the unpruned teacher
-    export    the distilled student to ONNX, checked against PyTorch
-    quantize  the chosen INT8 configuration of the target's preset
+    search    the scheduler (:mod:`toolchain.pipeline.search`): the input model is a candidate too
+    distill   the chosen student, distilled from the unpruned teacher: the search's, promoted
+    export    its ONNX file (the search's, promoted), checked against PyTorch
+    quantize  its INT8 file with the chosen configuration of the target's preset (the search's, promoted)
     profile   the deliverable's cost table on the target
     compare   each technique alone beside the full pipeline (:mod:`toolchain.pipeline.variants`)
     report    Markdown, HTML and JSON
@@ -24,22 +24,21 @@ from typing import Any
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import atomic_write
 from toolchain.pipeline.context import (
-    DATA,
+    SPLIT_FILES,
     Run,
     chosen,
     datasets,
     deliverable,
-    distill_student,
-    onnx_metric,
+    is_input,
     onnx_outputs,
     profile_options,
-    quant_config,
-    quantize_onnx,
+    run_metric,
     source_model,
     student_model,
 )
 from toolchain.pipeline.recipe import STAGES
 from toolchain.pipeline.search import stage_search
+from toolchain.pipeline.splits import split_data
 from toolchain.pipeline.variants import stage_compare
 
 
@@ -57,33 +56,33 @@ def _save_costs(path: Path, table) -> None:
 
 
 def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
-    """Export the model to ONNX (FP32), split the data (eval.npz: a quarter, held out; train.npz), profile
-    the FP32 model on the target (costs.json) and evaluate it."""
+    """Export the model to ONNX (FP32); split the data into train.npz, calib.npz and eval.npz (the held-out
+    test part: :mod:`toolchain.pipeline.splits`); profile the FP32 model on the target (costs.json) and
+    evaluate it on the calibration part (what selections compare with) and on the test part (reported)."""
     from toolchain.data.dataset import DataOptions
     from toolchain.export.exporter import ExportOptions, export_model
-    from toolchain.model.data import load_dataset_for
     from toolchain.profile.run import profile_model
 
     r = run.recipe
     loaded = source_model(run)
     run.progress("baseline: exporting FP32")
     export_model(loaded, out / "model.onnx", ExportOptions())
-    data = load_dataset_for(run.data, loaded, DataOptions(samples=r.samples, seq_len=r.seq_len, seed=r.seed))
-    if data.synthetic:
-        raise ToolchainError(f"{run.data}: random data cannot judge accuracy",
-                             hint=f"give real data with {DATA}")
-    held = max(4, len(data) // 4)
-    _save_npz(out / "eval.npz", data.take(0, held))
-    _save_npz(out / "train.npz", data.take(held, None))
+    run.progress("baseline: reading and splitting the data")
+    parts, described = split_data(loaded, run.data, run.eval_data, run.calib_data,
+                                  DataOptions(samples=r.samples, seq_len=r.seq_len, seed=r.seed))
+    for name, ds in zip(parts._fields, parts, strict=True):
+        _save_npz(out / SPLIT_FILES[name], ds)
     run.progress("baseline: profiling on the target")
     table = profile_model(out / "model.onnx", run.target, profile_options(run, r.profile_runs, out),
                           progress=run.progress)
     _save_costs(out / "costs.json", table)
-    _, eval_data = datasets(run, out)
-    reference = onnx_outputs(out / "model.onnx", eval_data)
-    metric, name = onnx_metric(out / "model.onnx", eval_data, reference)
-    return {"metric": metric, "metric_name": name, "eval_samples": held, "train_samples": len(data) - held,
-            "data_subset_of": data.subset_of,
+    splits = datasets(run, out)
+    selection, _ = run_metric(run, out / "model.onnx", splits.calibration,
+                              onnx_outputs(out / "model.onnx", splits.calibration))
+    metric, name = run_metric(run, out / "model.onnx", splits.test, onnx_outputs(out / "model.onnx", splits.test))
+    subset = next((d["subset_of"] for d in described.values() if d["subset_of"]), None)
+    return {"metric": metric, "selection_metric": selection, "metric_name": name, "splits": described,
+            "eval_samples": len(splits.test), "train_samples": len(splits.train), "data_subset_of": subset,
             "joules_per_inference": table.joules_per_inference, "meter": table.meter}
 
 
@@ -108,7 +107,7 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
     loaded = source_model(run)
     table = CostTable.load(run.dir("baseline") / "costs.json")
     costs = costs_for(table, loaded, loaded.module, run.target.name, "energy")
-    train, held = datasets(run)
+    train, held, _ = datasets(run)  # steps are judged on the calibration part, never the test part
     config = PruneConfig(importance=r.importance, target_energy_reduction=r.target_energy_reduction,
                          max_accuracy_drop=r.max_accuracy_drop * r.prune_budget, step=r.prune_step,
                          finetune_epochs=r.finetune_epochs, max_steps=r.max_steps, round_to=run.target.round_to,
@@ -140,26 +139,64 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
             "kept_steps": sum(s.kept for s in result.steps), "candidates": candidates}
 
 
+def _promote(src: Path, dest: Path) -> None:
+    """Copy the search's file ``src`` into this stage's scratch directory (hard-linked where possible:
+    the search stage's files are never written again)."""
+    import os
+    import shutil
+
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _skipped(why: str) -> dict[str, Any]:
+    return {"skipped": why}
+
+
 def stage_distill(run: Run, out: Path) -> dict[str, Any]:
-    """The chosen pruned student distilled from the unpruned teacher at the chosen temperature."""
+    """The chosen pruned student, distilled from the unpruned teacher at the chosen temperature: the
+    search's own student, promoted (not distilled again). Nothing where the input model was chosen."""
     c = chosen(run)
-    return distill_student(run, str(run.dir("prune") / c["prune_dir"]), out, "distill", c["temperature"]) | {
-        "student": c["prune_dir"], "temperature": c["temperature"]}
+    if is_input(c):
+        return _skipped("the chosen candidate is the input model: nothing to distill")
+    work = run.dir("search") / c["work"]
+    for name in ("student.pt", "distill.json"):
+        if (work / name).is_file():
+            _promote(work / name, out / name)
+    return dict(c["distill"]) | {"student": c["prune_dir"], "temperature": c["temperature"],
+                                  "promoted_from": f"search/{c['work']}"}
 
 
 def stage_export(run: Run, out: Path) -> dict[str, Any]:
-    """The distilled student to ONNX, checked against PyTorch."""
-    from toolchain.export.exporter import ExportOptions, export_model
+    """The distilled student's ONNX file from the search, promoted and checked against PyTorch."""
+    from toolchain.export.exporter import ExportOptions, check_parity
 
-    loaded = student_model(run.dir("prune") / chosen(run)["prune_dir"], run.dir("distill") / "student.pt")
-    result = export_model(loaded, out / "model.onnx", ExportOptions())
-    return {"parity": [asdict(c) for c in result.parity], "nodes": result.nodes, "size_bytes": result.size_bytes}
+    c = chosen(run)
+    if is_input(c):
+        return _skipped("the chosen candidate is the input model: the baseline's export is the artifact")
+    _promote(run.dir("search") / c["work"] / "model.onnx", out / "model.onnx")
+    loaded = student_model(run.dir("prune") / c["prune_dir"], run.dir("distill") / "student.pt")
+    parity = check_parity(loaded, out / "model.onnx", ExportOptions())
+    bad = [p for p in parity if not p.passed]
+    if bad:
+        raise ToolchainError(f"the distilled student's ONNX file disagrees with PyTorch ({bad[0]})",
+                             hint="re-run from the search stage")
+    return {"parity": [asdict(p) for p in parity], "size_bytes": (out / "model.onnx").stat().st_size,
+            "promoted_from": f"search/{c['work']}/model.onnx"}
 
 
 def stage_quantize(run: Run, out: Path) -> dict[str, Any]:
-    """The exported student, INT8 with the configuration the scheduler picked for it."""
-    config = quant_config(run, run.metrics("search")["int8"])
-    return quantize_onnx(run, run.dir("export") / "model.onnx", out / "model.int8.onnx", config)
+    """The INT8 artifact: the search's INT8 file of the chosen candidate (or, where the chosen student is
+    FP32, its best-measured INT8 counterpart), promoted. Nothing where the input FP32 model was chosen."""
+    search = run.metrics("search")
+    c = chosen(run)
+    int8 = c if c["quant"] else search.get("int8_counterpart")
+    if not int8:
+        return _skipped("the chosen candidate is the input model in FP32: nothing to quantize")
+    _promote(run.dir("search") / int8["onnx"], out / "model.int8.onnx")
+    return dict(int8["quantize"]) | {"promoted_from": f"search/{int8['onnx']}", "candidate": int8["label"]}
 
 
 def stage_profile(run: Run, out: Path) -> dict[str, Any]:
@@ -167,11 +204,41 @@ def stage_profile(run: Run, out: Path) -> dict[str, Any]:
     from toolchain.profile.run import profile_model
 
     artifact = deliverable(run)
+    if artifact == run.dir("baseline") / "model.onnx":  # the input, delivered unchanged: profiled already
+        _promote(run.dir("baseline") / "costs.json", out / "costs.json")
+        from toolchain.formats.costs import CostTable
+
+        table = CostTable.load(out / "costs.json")
+        return {"artifact": str(artifact.relative_to(run.root)), "precision": table.model["precision"],
+                "joules_per_inference": table.joules_per_inference, "meter": table.meter,
+                "promoted_from": "baseline/costs.json"}
     table = profile_model(artifact, run.target, profile_options(run, run.recipe.profile_runs), progress=run.progress)
     _save_costs(out / "costs.json", table)
     # a cost-table read by string key (to be converted to a formats.costs accessor)
     return {"artifact": str(artifact.relative_to(run.root)), "precision": table.model["precision"],
             "joules_per_inference": table.joules_per_inference, "meter": table.meter}
+
+
+def report_title(run: Run, rows: list[dict[str, Any]]) -> str:
+    """The report's title, from the measurements: what was delivered, its energy, latency and metric
+    against the input on the held-out test part."""
+    from toolchain.formats.costs import MeasurementRecord
+
+    c = chosen(run)
+    base, last = rows[0], rows[-1]
+    mb, ml = (MeasurementRecord.from_dict(r["measurement"]) for r in (base, last))
+    if is_input(c) and not c["quant"]:
+        what = "nothing beat the input; delivered unchanged"
+    else:
+        parts = [] if is_input(c) else [f"pruned ({last['params']:,} of {base['params']:,} weights)",
+                                        f"distilled (T={c['temperature']:g})"]
+        what = "delivered " + ", ".join([*parts, c["quant"] or "FP32"])
+    test = run.metrics("compare").get("evaluated_on") or {}
+    energy = ml.joules_per_inference.net.mean / mb.joules_per_inference.net.mean - 1
+    latency = ml.latency_ms.median_ms / mb.latency_ms.median_ms - 1
+    return (f"{run.model} on {run.target.name}: {what}: energy {energy:+.0%}, latency {latency:+.0%}, "
+            f"{last['metric_name']} {last['metric'] - base['metric']:+.2f} points on {test.get('source', 'held-out data')} "
+            f"({test.get('samples', '?')} samples)")
 
 
 def stage_report(run: Run, out: Path) -> dict[str, Any]:
@@ -184,8 +251,8 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
     best = search["chosen"]
     batch = run.recipe.batch
     inputs = run.manifest.inputs
-    precision = "INT8" if best["quant"] else "FP32 (INT8 measured costlier on this target)"
-    spec = {"title": f"{run.model} on {run.target.name}: pruned, distilled, {precision}",
+    splits = run.metrics("baseline").get("splits") or {}
+    spec = {"title": report_title(run, rows),
             "model": {"source": run.model, "sha256": inputs.model_hash, "task": inputs.task},
             "target": {"name": run.target.name, "carbon_g_per_kwh": run.target.carbon_g_per_kwh,
                        "carbon_source": run.target.carbon_source},
@@ -198,17 +265,22 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
             "notes": [*([f"{run.data} is a subset of {subset}: accuracy here is measured on data the source "
                          "model may have been trained on, not held out (the comparison between variants still "
                          "holds)"] if (subset := run.metrics("baseline").get("data_subset_of")) else []),
+                      f"chosen: {search['why']}",
+                      *[f"data, {name}: {d['source']}, {d['samples']} samples ({d['how']})" for name, d in splits.items()],
+                      "every variant's metric is on the test part (held out: never trained, fine-tuned, distilled, "
+                      "calibrated or selected on); the scheduler and pruning chose on the calibration part "
+                      "(the Pareto points' metric)",
                       f"every variant measured at batch {batch} on {run.target.name}: J/inference and latency "
                       f"per inference are per call / {batch}",
-                      f"scheduler: {len(search['candidates'])} candidates (pruning point x distillation temperature x "
-                      f"INT8 configuration) measured on {run.target.name}; chosen {best['label']} (objective "
-                      f"{best['objective']:.3f} = {search['objective']}; weights {search['weights']}; grid "
-                      f"{search['carbon_g_per_kwh']} gCO2e/kWh)",
+                      f"scheduler: {len(search['candidates'])} candidates (the input FP32 and INT8; pruning point x "
+                      f"distillation temperature x INT8 configuration) measured on {run.target.name}; chosen "
+                      f"{best['label']} (objective {best['objective']:.3f} = {search['objective']}; weights "
+                      f"{search['weights']}; grid {search['carbon_g_per_kwh']} gCO2e/kWh)",
                       # the whole recipe: every field is declared by an earlier stage, so this stage's key covers it
                       f"recipe: {json.dumps(run.manifest.recipe)}"]}
     report = build_report(spec)
     write_report(report, out, force=True)
-    return {"headline": report.get("headline")}
+    return {"headline": report.get("headline"), "title": report["title"]}
 
 
 STAGE_FUNCS: dict[str, Callable[[Run, Path], dict[str, Any]]] = {

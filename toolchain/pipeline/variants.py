@@ -1,9 +1,11 @@
 """The compare stage: each technique alone beside the full pipeline, measured together on the target.
 
 Variants: the baseline (FP32), pruning only (the most pruned step within the budget, fine-tuned, FP32),
-INT8 only (the baseline quantized with the configuration the scheduler chose), distillation only (a
-uniformly narrower student, distilled) and the full pipeline (with its INT8 counterpart beside it where the
-scheduler kept FP32). All are measured with their windows interleaved and evaluated on the held-out data.
+INT8 only (the baseline quantized with the configuration the scheduler chose, the search's own file),
+distillation only (a uniformly narrower student, distilled) and, last, what the run delivers (the full
+pipeline's student, with its INT8 counterpart beside it where the scheduler kept FP32; or the input
+itself where nothing beat it). All are measured with their windows interleaved and evaluated on the
+held-out test part of the data.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from toolchain.pipeline.context import (
     datasets,
     deliverable,
     distill_student,
-    onnx_metric,
+    is_input,
     onnx_outputs,
     profile_options,
     quant_config,
     quantize_onnx,
+    run_metric,
     source_model,
     student_model,
 )
@@ -86,38 +89,63 @@ def onnx_params(path: Path) -> int:
     return total
 
 
+def delivered_name(c: dict[str, Any]) -> str:
+    """The report's name of the deliverable's row, from the chosen candidate."""
+    if is_input(c):
+        return "delivered: the input model, unchanged" if not c["quant"] else f"delivered: the input model, {c['quant']}"
+    return f"full pipeline ({c['label']})"
+
+
 def stage_compare(run: Run, out: Path) -> dict[str, Any]:
-    """The single techniques beside the full pipeline, measured together on the target."""
+    """The single techniques beside the full pipeline, measured together on the target and evaluated on
+    the held-out test part."""
+    import os
+    import shutil
+
     from toolchain.export.exporter import ExportOptions, export_model
     from toolchain.model.load import load_model
     from toolchain.profile.run import compare_models
 
-    _, held = datasets(run)
+    held = datasets(run).test
+    search, c = run.metrics("search"), chosen(run)
     base = run.dir("baseline") / "model.onnx"
     run.progress("compare: pruning only (the most pruned step within the budget, fine-tuned, FP32)")
     export_model(load_model(str(run.dir("prune") / "within-budget")), out / "pruning-only.onnx", ExportOptions(parity=False))
     run.progress("compare: INT8 only")
-    quantize_onnx(run, base, out / "int8-only.onnx", quant_config(run, run.metrics("search")["int8"]))
+    searched = (search.get("input_int8") or {}).get(search["int8"])
+    if searched and (run.dir("search") / searched).is_file():  # the search quantized the input already
+        try:
+            os.link(run.dir("search") / searched, out / "int8-only.onnx")
+        except OSError:
+            shutil.copy2(run.dir("search") / searched, out / "int8-only.onnx")
+    else:
+        quantize_onnx(run, base, out / "int8-only.onnx", quant_config(run, search["int8"]))
     run.progress("compare: distillation only (a uniformly narrower student, distilled)")
     distilled = distillation_only(run, out, held)
     variants = {"baseline (FP32)": base, "pruning only": out / "pruning-only.onnx", "INT8 only": out / "int8-only.onnx",
                 "distillation only": distilled}
-    if chosen(run)["quant"] is None:  # the scheduler kept FP32: its INT8 counterpart is shown beside it
-        variants["prune + distill + INT8"] = run.dir("quantize") / "model.int8.onnx"
-    variants[f"full pipeline ({'INT8' if chosen(run)['quant'] else 'FP32, INT8 measured costlier'})"] = deliverable(run)
-    run.progress(f"compare: measuring all {len(variants)} on the target, windows interleaved")
-    comparison = compare_models([str(p) for p in variants.values()], [run.target],
-                                profile_options(run, run.recipe.profile_runs), progress=run.progress)
+    if not is_input(c) and c["quant"] is None and search.get("int8_counterpart"):
+        variants["prune + distill + INT8"] = run.dir("quantize") / "model.int8.onnx"  # beside the FP32 choice
+    delivered = deliverable(run)
+    if is_input(c) and c["quant"] and c["quant"] == search["int8"]:
+        delivered = out / "int8-only.onnx"  # the same file as "INT8 only": measured once
+    variants[delivered_name(c)] = delivered
+    unique = list(dict.fromkeys(str(p) for p in variants.values()))
+    run.progress(f"compare: measuring {len(unique)} models on the target, windows interleaved")
+    comparison = compare_models(unique, [run.target], profile_options(run, run.recipe.profile_runs), progress=run.progress)
     reference = onnx_outputs(base, held)
     rows = []
-    for (name, path) in variants.items():
+    for name, path in variants.items():
         table = comparison.tables[(str(path), run.target.name)]
-        metric, metric_name = onnx_metric(path, held, reference)
+        metric, metric_name = run_metric(run, path, held, reference)
         rows.append({"name": name, "onnx": str(path), "metric": metric, "metric_name": metric_name,
                      "params": onnx_params(path), "size_bytes": path.stat().st_size, "measurement": table.measurement,
-                     "cost_table": json.loads(table.to_json())})
+                     "cost_table": json.loads(table.to_json()), "delivered": name == delivered_name(c)})
     write_json(out / "variants.json", rows)
     measured = [MeasurementRecord.from_dict(row["measurement"]) for row in rows]
-    return {"variants": [{k: v for k, v in row.items() if k not in ("measurement", "cost_table")}
+    test = (run.metrics("baseline").get("splits") or {}).get("test") or {}
+    shown = test.get("source", held.source) if test.get("how") in (None, "given") or "own" in test["how"] else test["how"]
+    return {"evaluated_on": {"source": shown, "samples": len(held)},
+            "variants": [{k: v for k, v in row.items() if k not in ("measurement", "cost_table")}
                          | {"joules_per_inference": m.joules_per_inference.net.mean,
                             "latency_ms": m.latency_ms.median_ms} for row, m in zip(rows, measured, strict=True)]}
