@@ -91,6 +91,10 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Intra-op threads for timing and the guard's ranking, at most this machine's cores (default: ORT's).")
 @click.option("--seq-len", type=click.IntRange(1), default=128, show_default=True, help="Token length of text samples.")
 @click.option("--tokenizer", type=click.Path(file_okay=False), help="Tokenizer directory for text data (default: the model's).")
+@click.option("--text-field", default="text", show_default=True, metavar="NAME",
+              help="The text's column (CSV/TSV) or key (JSON Lines) in a labelled text file.")
+@click.option("--label-field", default="label", show_default=True, metavar="NAME",
+              help="The label's column or key in a labelled text file (class names or indices).")
 @click.option("--image-size", metavar="HxW", help="Resize images to this size (default: the model's input size).")
 @click.option("--calib-batch", type=click.IntRange(1), default=8, show_default=True,
               help="Samples per calibration batch (MinMax; histogram methods calibrate one sample at a time).")
@@ -104,7 +108,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, preset_name, auto, mode, fmt, activations,
              weights, per_channel, reduce_range, calibration, adaround, bias_correction, exclude, max_accuracy_drop,
              min_cosine, batch_sizes, runs, providers,
-             threads, seq_len, tokenizer, image_size, calib_batch, mean, std, chunk, no_fusion, force,
+             threads, seq_len, tokenizer, text_field, label_field, image_size, calib_batch, mean, std, chunk, no_fusion, force,
              as_json) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 with ONNX Runtime, and check that it pays off.
 
@@ -131,7 +135,7 @@ def quantize(ctx, model, output, calib, eval_, calib_samples, eval_samples, pres
                       calibration=calibration, adaround=adaround, bias_correction=bias_correction,
                       exclude=tuple(exclude), max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
                       batch_sizes=_ints(batch_sizes), runs=runs, providers=tuple(providers), seq_len=seq_len,
-                      tokenizer=tokenizer, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
+                      tokenizer=tokenizer, text_field=text_field, label_field=label_field, image_size=_size(image_size), mean=_floats(mean), std=_floats(std),
                       calib_batch=calib_batch, chunk=chunk, fuse=not no_fusion, force=force, threads=threads)
     try:
         with json_safe_stdout(as_json), status("quantizing and measuring", quiet=is_quiet(ctx, as_json)) as say:

@@ -172,7 +172,8 @@ def _names(names: list[str]) -> str:
 
 def _fields_hint() -> str:
     return ("name the columns with " + option("--text-field NAME", "DataOptions(text_field=NAME)") + " and "
-            + option("--label-field NAME", "DataOptions(label_field=NAME)"))
+            + option("--label-field NAME", "DataOptions(label_field=NAME)") + " (the pipeline: recipe keys "
+            "text_field, label_field)")
 
 
 def _json_type(value: object) -> str:

@@ -32,6 +32,9 @@ class Recipe:
 
     samples: int = _feeds(4000, "baseline")  # taken from the data; a quarter is held out for evaluation
     seq_len: int = _feeds(128, "baseline", "search", "distill", "profile", "compare")
+    # the columns (CSV) or keys (JSON Lines) of the text and the label in a user's data file
+    text_field: str = _feeds("text", "baseline")
+    label_field: str = _feeds("label", "baseline")
     # prune
     importance: str = _feeds("energy", "prune")
     target_energy_reduction: float = _feeds(0.8, "prune")

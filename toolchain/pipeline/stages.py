@@ -69,7 +69,8 @@ def stage_baseline(run: Run, out: Path) -> dict[str, Any]:
     export_model(loaded, out / "model.onnx", ExportOptions())
     run.progress("baseline: reading and splitting the data")
     parts, described = split_data(loaded, run.data, run.eval_data, run.calib_data,
-                                  DataOptions(samples=r.samples, seq_len=r.seq_len, seed=r.seed))
+                                  DataOptions(samples=r.samples, seq_len=r.seq_len, seed=r.seed,
+                                              text_field=r.text_field, label_field=r.label_field))
     for name, ds in zip(parts._fields, parts, strict=True):
         _save_npz(out / SPLIT_FILES[name], ds)
     run.progress("baseline: profiling on the target")

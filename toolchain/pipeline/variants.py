@@ -35,7 +35,8 @@ from toolchain.pipeline.context import (
 
 def distillation_only(run: Run, out: Path, example_data) -> Path:
     """The "distillation only" variant: every layer (the head aside) at ``distill_only_width`` of its width,
-    distilled at the chosen temperature and exported; returns its ONNX path."""
+    distilled at the chosen temperature (the first of the search's where the input was chosen) and exported;
+    returns its ONNX path."""
     import copy
     from dataclasses import replace
 
@@ -67,7 +68,8 @@ def distillation_only(run: Run, out: Path, example_data) -> Path:
                             params_after=0, macs_before=0, macs_after=0, reduction=0.0,
                             reduction_kind="uniform width"), loaded, run.model, student_dir,
                 config, {}, force=True)
-    distill_student(run, str(student_dir), out / "distill-only", "compare: distillation only", chosen(run)["temperature"])
+    distill_student(run, str(student_dir), out / "distill-only", "compare: distillation only",
+                    chosen(run)["temperature"] or run.recipe.search_temperatures[0])
     export_model(student_model(student_dir, out / "distill-only" / "student.pt"), out / "distill-only.onnx",
                  ExportOptions(parity=False))
     return out / "distill-only.onnx"

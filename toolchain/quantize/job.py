@@ -85,6 +85,8 @@ class QuantizeJob:
     providers: tuple[str, ...] = ()
     seq_len: int = 128
     tokenizer: str | None = None
+    text_field: str = "text"  # CSV column / JSON Lines key of a labelled text file
+    label_field: str = "label"
     image_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -181,7 +183,8 @@ def run_quantize(job: QuantizeJob, progress: Callable[[str], None] | None = None
                      reduce_range=job.reduce_range or base.reduce_range, calibration=job.calibration,
                      adaround=job.adaround, bias_correction=job.bias_correction, exclude=tuple(job.exclude))
     config.validate()
-    opts = DataOptions(seq_len=job.seq_len, tokenizer=job.tokenizer, mean=job.mean, std=job.std,
+    opts = DataOptions(seq_len=job.seq_len, tokenizer=job.tokenizer, text_field=job.text_field,
+                       label_field=job.label_field, mean=job.mean, std=job.std,
                        image_size=job.image_size)
     needs_calib = job.auto or config.mode == "static"
     calib_set = eval_set = None
