@@ -49,7 +49,8 @@ class Recipe:
     # distill
     distill_epochs: int = _feeds(2, "search", "distill", "compare")
     alpha: float = _feeds(0.7, "search", "distill", "compare")
-    distill_lr: float = _feeds(1e-4, "search", "distill", "compare")
+    # None: distill's default for the model's family (5e-5 for transformers, 1e-3 otherwise)
+    distill_lr: float | None = _feeds(None, "search", "distill", "compare")
     # the "distillation only" student: every layer at this share of its width
     # (0.7: about half the parameters, the half-size student SuComp compares with)
     distill_only_width: float = _feeds(0.7, "compare")
