@@ -10,6 +10,7 @@ import errno
 import importlib
 import logging
 import sys
+import time
 
 import click
 
@@ -159,6 +160,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
       toolchain export minilm -o m.onnx      export and check against PyTorch
     """
     ctx.ensure_object(dict)
+    ctx.obj["started"] = time.monotonic()  # progress lines off a terminal are stamped from here
     _terminate_like_interrupt()
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet

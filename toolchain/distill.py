@@ -9,7 +9,14 @@ into the output directory, each file atomically (a temporary file in the directo
   logits, else by cosine to the teacher's outputs), a plain state_dict for ``torch.load(weights_only=True)``
   and ``--weights`` of the student's ``module:factory``;
 * ``checkpoint.pt``: the last epoch's weights, optimizer and scheduler states, metrics and configuration;
-* ``distill.json``: configuration, teacher/student/data sources and hashes, per-epoch metrics, best epoch.
+* ``distill.json``: configuration, teacher/student/data sources and hashes, the loss in words (``loss``) and
+  the hidden-state term (``hidden_states``), per-epoch metrics, best epoch.
+
+The loss is the output term (KD on logits with labels, else label-free on logits or pooled embeddings; see
+:mod:`toolchain.training`) plus, for a transformer student of its teacher's hidden size and depth (one
+pruned by ``toolchain prune``: heads and MLP width cut), ``hidden_weight`` times the MSE (or cosine) between
+their hidden states of every layer. ``hidden_weight`` None takes :func:`default_hidden_weight`: 1.0 for
+such a pair, 0 (off) otherwise; the report says which applied and why.
 
 Resume semantics: ``--resume`` continues the job recorded in ``checkpoint.pt`` after its last completed
 epoch (an epoch cut short by Ctrl-C or a kill is redone from its start). Options not given take the
@@ -70,6 +77,8 @@ class DistillConfig:
     input_shapes: tuple[str, ...] = ()
     weight_decay: float = 0.01
     seed: int = 0
+    hidden_weight: float | None = None  # None: :func:`default_hidden_weight` of the pair
+    hidden_loss: str = "mse"  # or "cosine": the distance between hidden states
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,9 +105,26 @@ def default_lr(model) -> float:
     return TRANSFORMER_LR if getattr(config, "num_attention_heads", None) else DEFAULT_LR
 
 
+def default_hidden_weight(teacher, student) -> tuple[float, int, str]:
+    """``(weight, layers, why)`` for distilling ``student`` from ``teacher`` (LoadedModels): the weight of the
+    hidden-state term by default (:data:`~toolchain.losses.DEFAULT_HIDDEN_WEIGHT` for transformers of the same
+    hidden size and layer count, else 0), the layers it would match (0: none) and the reason in words."""
+    from toolchain.losses import DEFAULT_HIDDEN_WEIGHT, hidden_match
+
+    layers, why = hidden_match(teacher, teacher.module, student, student.module)
+    return (DEFAULT_HIDDEN_WEIGHT if layers else 0.0), layers, why
+
+
+def _recorded(state: dict[str, Any]) -> DistillConfig:
+    config = DistillConfig.from_dict(state["config"])
+    if "hidden_weight" not in state["config"]:  # written before the hidden-state term: it trained without
+        config.hidden_weight = 0.0
+    return config
+
+
 def recorded_config(output: str | os.PathLike) -> DistillConfig:
     """The configuration recorded in ``OUTPUT/checkpoint.pt`` (for ``--resume`` with options left out)."""
-    return DistillConfig.from_dict(_read_checkpoint(Path(output))["config"])
+    return _recorded(_read_checkpoint(Path(output)))
 
 
 def _read_checkpoint(out: Path) -> dict[str, Any]:
@@ -188,6 +214,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     also written as ``distill.json``. ``on_epoch(epoch, metrics)`` runs after each epoch's files are
     written (tests interrupt there). Ctrl-C or SIGTERM stops with exit code 130 and a hint to resume."""
     from toolchain.data.dataset import DataOptions
+    from toolchain.losses import describe_loss
     from toolchain.model.data import load_dataset_for
     from toolchain.training import evaluate, objective_for, outputs, train
 
@@ -195,9 +222,11 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     state = None
     if resume:
         state = _read_checkpoint(out)
-        recorded = DistillConfig.from_dict(state["config"])
+        recorded = _recorded(state)
         if config.lr is None:
             config = replace(config, lr=recorded.lr)
+        if config.hidden_weight is None:
+            config = replace(config, hidden_weight=recorded.hidden_weight)
         if recorded != config:
             diff = [f"{f.name} {getattr(config, f.name)!r} (recorded {getattr(recorded, f.name)!r})"
                     for f in fields(DistillConfig) if getattr(config, f.name) != getattr(recorded, f.name)]
@@ -208,6 +237,7 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     teacher, student = _load_pair(config)
     if config.lr is None:
         config = replace(config, lr=default_lr(teacher))
+    config, hidden = _resolve_hidden(config, teacher, student)
     _check_output(out, [*teacher.input_paths, *student.input_paths, *([config.weights] if config.weights else [])],
                   resume=resume, force=force)
     say("loading data")
@@ -233,6 +263,8 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
     initial = (state["initial"] if state is not None
                else evaluate(student, student.module, val_set, reference=val_reference).to_dict())
     metric = "accuracy" if teacher_metrics.accuracy is not None else "cosine"
+    loss = describe_loss(objective, temperature=config.temperature, alpha=config.alpha, hidden_weight=config.hidden_weight,
+                         hidden_loss=config.hidden_loss, layers=hidden["layers"])
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out.parent, f".{out.name}.{SCRATCH_TMP}-*")  # the scratch directory of a killed --force run
     # --force over a previous result: the new run is written in a scratch directory beside OUT and replaces
@@ -254,7 +286,8 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
                   for i, m in enumerate(history, 1)]
         return {"tool": f"toolchain {__version__}", "status": status, "output_dir": str(out),
                 "files": {"student": STUDENT_FILE, "checkpoint": CHECKPOINT_FILE, "report": REPORT_FILE},
-                "config": config.to_dict(), **sources, "objective": objective, "metric": metric,
+                "config": config.to_dict(), **sources, "objective": objective, "loss": loss, "hidden_states": hidden,
+                "metric": metric,
                 "teacher_metrics": teacher_metrics.to_dict(), "initial_metrics": initial, "epochs": epochs,
                 "best_epoch": best["epoch"], "best": {metric: best["value"]} if best["epoch"] else None,
                 "student_file": str(out / STUDENT_FILE) if best["epoch"] else None}
@@ -283,7 +316,8 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
               teacher=teacher.module, teacher_loaded=teacher, temperature=config.temperature, alpha=config.alpha,
               label_free=config.label_free, weight_decay=config.weight_decay, seed=config.seed, progress=progress,
               val=val_set, val_reference=val_reference, on_step=on_step, on_epoch=on_epoch,
-              checkpoint=on_checkpoint, resume_from=state)
+              checkpoint=on_checkpoint, resume_from=state, hidden_weight=config.hidden_weight,
+              hidden_loss=config.hidden_loss)
         complete = True
     except KeyboardInterrupt:
         done = report.get("epochs") or (state["history"] if state is not None else [])
@@ -309,6 +343,32 @@ def run_distill(config: DistillConfig, output: str | os.PathLike, *, resume: boo
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already where the whole directory was swapped
     return report
+
+
+def _resolve_hidden(config: DistillConfig, teacher, student) -> tuple[DistillConfig, dict[str, Any]]:
+    """``config`` with its hidden-state weight decided (None: the pair's default), and the report's
+    ``hidden_states``: weight, default weight, loss, layers matched (0: off) and why."""
+    from toolchain.losses import HIDDEN_LOSSES
+
+    default, layers, why = default_hidden_weight(teacher, student)
+    if config.hidden_loss not in HIDDEN_LOSSES:
+        raise ToolchainError(f"unknown hidden-state loss {config.hidden_loss!r}; choose {' or '.join(HIDDEN_LOSSES)}")
+    if config.hidden_weight is None:
+        config = replace(config, hidden_weight=default)
+    elif not isinstance(config.hidden_weight, (int, float)) or not math.isfinite(config.hidden_weight) or config.hidden_weight < 0:
+        raise ToolchainError(f"{option('--hidden-weight', 'hidden_weight')} must be a finite number >= 0, "
+                             f"not {config.hidden_weight}")
+    elif config.hidden_weight > 0 and not layers:
+        raise ToolchainError(f"{option('--hidden-weight', 'hidden_weight')} {config.hidden_weight:g} needs a transformer "
+                             f"teacher and student of the same hidden size and layer count: {why}",
+                             hint=f"leave {option('--hidden-weight', 'hidden_weight')} out, or 0, to distill on outputs only")
+    config = replace(config, hidden_weight=float(config.hidden_weight))
+    if not layers:
+        why = f"off: {why}"
+    elif not config.hidden_weight:
+        why = f"off: weight 0 (the default for this pair is {default:g}: {why})"
+    return config, {"weight": config.hidden_weight, "default_weight": default, "loss": config.hidden_loss,
+                    "layers": layers if config.hidden_weight else 0, "why": why}
 
 
 def _publish_run(scratch: Path, out: Path) -> None:

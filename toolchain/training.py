@@ -12,6 +12,11 @@ hidden state) is mean-pooled over the attention mask into a sentence embedding, 
 * ``kl``: the KD term alone (logits without labels);
 * ``mse`` / ``cosine``: label-free matching of the teacher's outputs (embeddings, or logits if asked).
 
+With ``hidden_weight`` (a transformer teacher and student of the same hidden size and depth, see
+:func:`toolchain.losses.hidden_match`) the loss adds ``hidden_weight`` times the distance between their
+hidden states of every layer (:func:`toolchain.losses.hidden_state_loss`), asked of the models with
+``output_hidden_states=True``; the teacher's are computed per batch, in eval mode, without grad.
+
 Runs are deterministic for a seed: each epoch shuffles with ``torch.Generator().manual_seed(f(seed, epoch))``
 and reseeds the (forked) global RNG that dropout draws from, so epoch ``k`` depends only on the weights,
 the optimizer and scheduler states after epoch ``k - 1`` and the seed: exactly what a checkpoint holds.
@@ -31,6 +36,7 @@ from torch import nn
 
 from toolchain.core.errors import ToolchainError, one_line, option
 from toolchain.data.dataset import Dataset
+from toolchain.losses import HIDDEN_LOSSES, embedding_loss, hidden_match, hidden_state_loss, kd_loss
 from toolchain.model.forward import export_module
 from toolchain.model.spec import LoadedModel
 
@@ -60,23 +66,53 @@ def _args(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor]
     return [a.to(param.device) for a in args] if param is not None and param.device.type != "cpu" else args
 
 
-def _run(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
-    """The first output as float ``[batch, features]``, and whether it was pooled from ``[batch, seq, hidden]``."""
+def _call(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor],
+          hidden: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, list[torch.Tensor]]:
+    """``module`` run through the export wrapper: its first output (float), with ``hidden`` the hidden states
+    (transformers ``output_hidden_states=True``: the embeddings, then every layer), and the positional args."""
     modes = [(m, m.training) for m in module.modules()]
-    wrapper = export_module(dataclasses.replace(loaded, module=module))  # puts every submodule in eval mode
+    view = dataclasses.replace(loaded, module=module)
+    if hidden:  # the output fields gain hidden_states; the wrapper (module under .model) is unchanged
+        view = dataclasses.replace(view, output_fields=[*(loaded.output_fields or []), "hidden_states"],
+                                   call_kwargs={**loaded.call_kwargs, "output_hidden_states": True})
+    wrapper = export_module(view)  # puts every submodule in eval mode
     for m, mode in modes:
         m.training = mode
     args = _args(loaded, module, feeds)
-    out = wrapper(*args)[0].float()
+    result = wrapper(*args)
+    return result[0].float(), (tuple(result[-1]) if hidden else None), args
+
+
+def _mask(loaded: LoadedModel, args: list[torch.Tensor]) -> torch.Tensor | None:
+    index = next((i for i, s in enumerate(loaded.inputs) if s.role == "mask"), None)
+    return args[index] if index is not None and index < len(args) else None
+
+
+def _pool(loaded: LoadedModel, out: torch.Tensor, args: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """The output as ``[batch, features]``, and whether it was pooled from ``[batch, seq, hidden]``."""
     if out.dim() == 3:
-        mask_index = next((i for i, s in enumerate(loaded.inputs) if s.role == "mask"), None)
-        if mask_index is not None and mask_index < len(args):
-            mask = args[mask_index].to(out.dtype).unsqueeze(-1)
+        mask = _mask(loaded, args)
+        if mask is not None:
+            mask = mask.to(out.dtype).unsqueeze(-1)
             return (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9), True
         return out.mean(1), True
     if out.dim() == 1:
         return out.unsqueeze(1), False
     return (out.flatten(1) if out.dim() > 2 else out), False
+
+
+def _run(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """The first output as float ``[batch, features]``, and whether it was pooled from ``[batch, seq, hidden]``."""
+    out, _, args = _call(loaded, module, feeds)
+    return _pool(loaded, out, args)
+
+
+def hidden_states(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor],
+                  layers: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """:func:`forward`'s output, the hidden states of the last ``layers`` layers (a transformers model: asked
+    with ``output_hidden_states=True``) and the attention mask (None without one); grad and modes as given."""
+    out, hidden, args = _call(loaded, module, feeds, hidden=True)
+    return _pool(loaded, out, args)[0], hidden[-layers:], _mask(loaded, args)
 
 
 def forward(loaded: LoadedModel, module: nn.Module, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -105,6 +141,7 @@ def outputs(loaded: LoadedModel, module: nn.Module, data: Dataset, batch_size: i
     """:func:`forward` over the whole data set in eval mode without grad, concatenated on the CPU (the
     module's modes are restored afterwards)."""
     return _outputs(loaded, module, data, batch_size)[0]
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,34 +191,6 @@ def _check_labels(labels: torch.Tensor, classes: int, source: str) -> None:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ToolchainError(f"{source}: labels run from {int(labels.min())} to {int(labels.max())} but the model "
                              f"has {classes} classes")
-
-
-# --------------------------------------------------------------------------------------------------
-# losses
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
-            temperature: float, alpha: float) -> torch.Tensor:
-    """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``,
-    KL averaged over the batch (``batchmean``); ``alpha`` is 1 without labels. The ``T^2`` keeps the
-    soft-target gradients at the scale of the hard-label ones as ``T`` changes (Hinton et al., 2015)."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                  reduction="batchmean", log_target=True) * (t * t)
-    if labels is None or alpha == 1:
-        return kl
-    return alpha * kl + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Label-free matching of outputs: ``cosine`` (mean of 1 - cosine similarity per sample) or ``mse``."""
-    if student.shape != teacher.shape:
-        raise ToolchainError(f"student outputs {list(student.shape)} do not match the teacher's {list(teacher.shape)}")
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    if kind == "mse":
-        return F.mse_loss(student, teacher)
-    raise ToolchainError(f"unknown embedding loss {kind!r}; choose cosine or mse")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +270,8 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
           val_reference: torch.Tensor | None = None, on_epoch: Callable[[int, Metrics], None] | None = None,
           on_step: Callable[[int, int, int, float], None] | None = None,
           checkpoint: Callable[[dict[str, Any]], None] | None = None,
-          resume_from: dict[str, Any] | None = None) -> list[Metrics]:
+          resume_from: dict[str, Any] | None = None, hidden_weight: float = 0.0,
+          hidden_loss: str = "mse") -> list[Metrics]:
     """Train ``module`` (run as ``loaded`` describes) on ``data`` for ``epochs``; return per-epoch metrics.
 
     AdamW with a cosine schedule over all steps. The objective comes from :func:`objective_for`; the
@@ -275,6 +285,9 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
     ``objective``, ``seed``: live tensors, save them at once), then ``on_epoch(epoch, metrics)``; epochs
     count from 1. ``resume_from`` (such a state) continues after its epoch and gives the same result as an
     uninterrupted run with the same arguments. The module is left in eval mode.
+
+    ``hidden_weight`` > 0 adds that times the ``hidden_loss`` (``mse`` or ``cosine``) between the student's
+    and the teacher's hidden states of every layer; the pair must pass :func:`~toolchain.losses.hidden_match`.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ToolchainError("epochs, batch size and learning rate must be positive")
@@ -282,7 +295,15 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
         raise ToolchainError("alpha must lie in [0, 1] and the temperature be positive")
     if len(data) < 2:
         raise ToolchainError(f"{data.source}: training needs at least 2 samples")
+    if not hidden_weight >= 0 or hidden_weight == float("inf") or hidden_loss not in HIDDEN_LOSSES:
+        raise ToolchainError(f"the hidden-state weight must be a finite number >= 0 and its loss {' or '.join(HIDDEN_LOSSES)}")
     teacher_loaded = teacher_loaded or loaded
+    layers = 0
+    if hidden_weight:
+        layers, why = hidden_match(teacher_loaded, teacher, loaded, module) if teacher is not None else (0, "no teacher")
+        if not layers:
+            raise ToolchainError(f"a hidden-state term needs a transformer teacher and student of the same hidden "
+                                 f"size and layer count: {why}", hint=f"{option('--hidden-weight 0', 'hidden_weight=0')} leaves it out")
     say = progress or (lambda _text: None)
     objective = objective_for(loaded, module, data, teacher=teacher, teacher_loaded=teacher_loaded,
                               label_free=label_free)
@@ -312,8 +333,7 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
         scheduler.load_state_dict(resume_from["scheduler"])
         history = [Metrics(**m) for m in resume_from["history"]]
 
-    def loss_of(batch_feeds: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        out = forward(loaded, module, batch_feeds)
+    def output_loss(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if objective == "ce":
             return F.cross_entropy(out, labels[idx].to(out.device))
         target = targets[idx].to(out.device)
@@ -321,6 +341,14 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
             batch_labels = labels[idx].to(out.device) if objective == "kd" else None
             return kd_loss(out, target, batch_labels, temperature=temperature, alpha=alpha)
         return embedding_loss(out, target, objective)
+
+    def loss_of(batch_feeds: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        if not layers:
+            return output_loss(forward(loaded, module, batch_feeds), idx)
+        out, hidden, mask = hidden_states(loaded, module, batch_feeds, layers)
+        with torch.no_grad():  # the teacher is in eval mode: the same states in every run
+            _, target, _ = hidden_states(teacher_loaded, teacher, batch_feeds, layers)
+        return output_loss(out, idx) + hidden_weight * hidden_state_loss(hidden, target, mask, hidden_loss)
 
     try:
         cuda = sorted({p.device.index or 0 for p in params if p.is_cuda})
@@ -363,5 +391,5 @@ def train(loaded: LoadedModel, module: nn.Module, data: Dataset, *, epochs: int,
     return history
 
 
-__all__ = ["OBJECTIVES", "Metrics", "to_torch", "forward", "outputs", "evaluate", "kd_loss", "embedding_loss",
-           "objective_for", "steps_per_epoch", "train"]
+__all__ = ["OBJECTIVES", "Metrics", "to_torch", "forward", "hidden_states", "outputs", "evaluate", "kd_loss",
+           "embedding_loss", "objective_for", "steps_per_epoch", "train"]

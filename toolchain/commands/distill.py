@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
 
-from toolchain.commands.common import FiniteFloatRange, emit, is_quiet, json_option, json_safe_stdout
+from toolchain.commands.common import (
+    FiniteFloatRange,
+    emit,
+    is_quiet,
+    json_option,
+    json_safe_stdout,
+    progress_logged,
+    progress_mode,
+    status,
+)
 
 CONFIG_OPTIONS = ("teacher", "student", "data", "epochs", "lr", "batch_size", "temperature", "alpha", "label_free",
-                  "val_fraction", "samples", "seq_len", "weights", "input_shapes", "weight_decay", "seed")
+                  "val_fraction", "samples", "seq_len", "weights", "input_shapes", "weight_decay", "seed",
+                  "hidden_weight", "hidden_loss")
 
 
 @contextmanager
-def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | None, Callable | None]]:
-    """A status line while loading, then one rich progress bar per epoch, on stderr."""
-    if not enabled:
+def _bars(quiet: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | None, Callable | None]]:
+    """On a terminal, a status line while loading, then one rich progress bar per epoch, on stderr; on a
+    file or pipe the plain progress lines of :func:`~toolchain.commands.common.status`; nothing when quiet
+    (see :func:`~toolchain.commands.common.progress_mode`)."""
+    mode = "none" if quiet else progress_mode()
+    if mode == "none":
         yield None, None
+        return
+    if mode == "lines":
+        with status("distill", quiet=False) as say:
+            yield say, None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,13 +49,20 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
             if not tasks:
                 bar.update(prep, description=text)
 
+        def logged(text: str) -> None:  # a library's progress logger: above the bars once they run
+            if tasks:
+                bar.console.print(text, markup=False, highlight=False)
+            else:
+                progress(text)
+
         def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
             if epoch not in tasks:
                 bar.update(prep, visible=False)
                 tasks[epoch] = bar.add_task(f"epoch {epoch}/{epochs}", total=steps, loss="")
             bar.update(tasks[epoch], completed=step, loss=f"loss {loss:.4f}")
 
-        yield progress, on_step
+        with progress_logged(logged):
+            yield progress, on_step
 
 
 @click.command()
@@ -54,7 +77,9 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--lr", type=FiniteFloatRange(0, min_open=True),
               help="Peak AdamW learning rate (cosine schedule over all steps). Default by the teacher's family: "
-                   "5e-5 for transformers (higher rates wreck pretrained weights), 1e-3 for other models.")
+                   "5e-5 for a transformer (a transformers model whose config has attention heads: BERT, MiniLM, "
+                   "ViT, GPT-2; higher rates wreck pretrained weights), 1e-3 for any other model (CNNs, "
+                   "transformers ResNets included).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--temperature", type=FiniteFloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Softmax temperature of the KD loss.")
@@ -63,6 +88,13 @@ def _bars(enabled: bool, epochs: int) -> Iterator[tuple[Callable[[str], None] | 
 @click.option("--label-free", type=click.Choice(["kl", "mse", "cosine"]), help="Ignore labels and match the "
               "teacher's outputs: kl on logits, mse or cosine on embeddings (default without labels: kl for "
               "logits, cosine for embeddings).")
+@click.option("--hidden-weight", type=FiniteFloatRange(0), help="Weight of the hidden-state term added to the "
+              "output loss: the distance (--hidden-loss) between the student's and the teacher's hidden states of "
+              "every layer, mean over layers and tokens. Default by the pair: 1.0 when teacher and student are "
+              "transformers with the same hidden size and number of layers (e.g. a student from `toolchain prune`: "
+              "heads and MLP width cut), else 0 (off, and the only value other pairs take). 0 turns it off.")
+@click.option("--hidden-loss", type=click.Choice(["mse", "cosine"]), default="mse", show_default=True,
+              help="Distance between hidden states: mean squared error or 1 - cosine, per token.")
 @click.option("--val-fraction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Samples held out (seeded) to pick the best epoch.")
 @click.option("--samples", type=click.IntRange(3), help="Use the first N samples of the data (default: all).")
@@ -84,8 +116,11 @@ def distill(ctx, output, resume, force, as_json, **options) -> None:
 
     With labels and logits the loss is alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE;
     without labels, or with --label-free, the student matches the teacher's logits (kl) or pooled
-    embeddings (mse, cosine). AdamW with a cosine schedule; the best epoch on the held-out samples
-    (accuracy, else cosine to the teacher) is kept as OUT_DIR/student.pt, a plain state_dict.
+    embeddings (mse, cosine). A transformer student of the teacher's hidden size and depth (a pruned
+    one) also matches its hidden states of every layer, weighted by --hidden-weight (default 1.0 for
+    such a pair, 0 otherwise). AdamW with a cosine schedule, peak --lr 5e-5 for transformer teachers
+    and 1e-3 for others by default; the best epoch on the held-out samples (accuracy, else cosine to
+    the teacher) is kept as OUT_DIR/student.pt, a plain state_dict.
 
     Every epoch is checkpointed: after Ctrl-C or a kill, --resume finishes the job with the same
     result as an uninterrupted run. A different --epochs is a new job (--force).
@@ -94,6 +129,7 @@ def distill(ctx, output, resume, force, as_json, **options) -> None:
     Examples:
       toolchain distill --teacher mnist-cnn --student small.py:make --data builtin:mnist -o out/small
       toolchain distill --teacher minilm --student student_dir --data reviews.txt --label-free cosine -o out/s
+      toolchain distill --teacher tiny-bert --student out/bert.pruned --data random -o out/b   (+ hidden states)
       toolchain distill -o out/small --resume
     """
     from click.core import ParameterSource
@@ -116,7 +152,7 @@ def distill(ctx, output, resume, force, as_json, **options) -> None:
         values = {k: options[k] for k in CONFIG_OPTIONS}
     config = DistillConfig.from_dict(values)
     quiet = is_quiet(ctx, as_json)
-    with json_safe_stdout(as_json), _bars(not quiet and sys.stderr.isatty(), config.epochs) as (progress, on_step):
+    with json_safe_stdout(as_json), _bars(quiet, config.epochs) as (progress, on_step):
         report = run_distill(config, output, resume=resume, force=force, progress=progress, on_step=on_step)
 
     def render(console) -> None:
@@ -141,6 +177,8 @@ def distill(ctx, output, resume, force, as_json, **options) -> None:
             t.add_row(str(e["epoch"]), num(e["train_loss"]), pct(e["accuracy"]), num(e["loss"]), num(e["cosine"]),
                       num(e["seconds"], 1), "[green]✓[/]" if e["epoch"] == report["best_epoch"] else "")
         console.print(t)
+        console.print(f"  loss: {escape(report['loss'])}"
+                      + ("" if report["hidden_states"]["layers"] else f" (hidden states {escape(report['hidden_states']['why'])})"))
         ratio = report["teacher"]["parameters"] / max(1, report["student"]["parameters"])
         console.print(f"  parameters: teacher {report['teacher']['parameters']:,}, student "
                       f"{report['student']['parameters']:,} ({ratio:.1f}x fewer)")
