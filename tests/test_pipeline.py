@@ -142,7 +142,8 @@ def test_pipeline_runs_resumes_after_a_kill_and_reports(tmp_path):
     recipe = tmp_path / "fast.toml"
     recipe.write_text(FAST)
     run_dir = tmp_path / "run"
-    args = ["--meter", "estimate", "--recipe", str(recipe), "-o", str(run_dir), "--json"]
+    args = ["--model", "mnist-cnn", "--data", "builtin:mnist", "--meter", "estimate", "--recipe", str(recipe),
+            "-o", str(run_dir), "--json"]
     # killed (SIGKILL: no clean-up of its own) while the search stage runs
     proc = _run(args, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -213,7 +214,8 @@ def test_pipeline_refuses_a_running_directory_and_bad_stage_ranges(tmp_path):
     run_dir.mkdir()
     held = lock_run_dir(run_dir)  # held (flock) as another process would: a run here is refused
     try:
-        r = CliRunner().invoke(main, ["pipeline", "--meter", "estimate", "-o", str(run_dir)])
+        r = CliRunner().invoke(main, ["pipeline", "--model", "mnist-cnn", "--data", "builtin:mnist", "--meter", "estimate",
+                                      "-o", str(run_dir)])
     finally:
         held.release()
     assert r.exit_code == 2 and f"another pipeline (pid {os.getpid()})" in r.output

@@ -11,11 +11,11 @@ _DEFAULT = Recipe()  # the help quotes the recipe's defaults
 
 
 @click.command()
-@click.option("--model", default="mnist-cnn", show_default=True,
+@click.option("--model", default="fashion-cnn", show_default=True,
               help="PyTorch model: a catalogue name, a transformers directory or module:factory.")
 @click.option("--target", "target_spec", default="x86-cpu", show_default=True, metavar="TARGET",
               help="Deployment target (`toolchain targets`): its provider, meter, carbon intensity, INT8 preset.")
-@click.option("--data", default="builtin:mnist", show_default=True,
+@click.option("--data", default="builtin:fashion-mnist", show_default=True,
               help="Real training data (fine-tuning, distillation). Without --eval-data a built-in set's own "
                    "held-out split is used (builtin:bbcnews, builtin:fashion-mnist, builtin:photos), else 25% is "
                    "held out and 15% split off for calibration, stratified by label.")
@@ -62,12 +62,12 @@ def pipeline(ctx, model, target_spec, data, eval_data, calib_data, recipe_path, 
 
     \b
     Examples:
-      toolchain pipeline -o runs/mnist --meter estimate
+      toolchain pipeline -o runs/fashion --meter estimate     # the CNN of `make demo`
       toolchain pipeline --model minilm-bbc --data builtin:bbcnews --recipe bbc.toml -o runs/bbc
       toolchain pipeline --model ./my-model --data train.csv --eval-data test.csv -o runs/mine
       toolchain pipeline --model minilm --data builtin:drugreviews --max-accuracy-drop 2 \
           --recipe minilm.toml -o runs/minilm     # the default recipe is sized for small CNNs
-      toolchain pipeline -o runs/mnist --from quantize          # redo quantize and after
+      toolchain pipeline -o runs/fashion --from quantize        # redo quantize and after
     """
     from toolchain.pipeline import PipelineJob, run_pipeline
 
