@@ -149,7 +149,19 @@ def eager_attention(module: Any) -> Iterator[bool]:
 
 def attention_shape(module: Any) -> dict[str, int]:
     """``num_heads`` and ``hidden_size`` of a transformers model (what ORT's attention fusion needs when the
-    graph computes its reshapes at run time), or ``{}`` when the config does not say."""
+    graph computes its reshapes at run time), or ``{}`` when the config does not say, or when its attention
+    blocks no longer agree with it: a pruned model whose layers kept different numbers of heads cannot be
+    described by one pair (a wrong pair fuses attention that computes wrong outputs)."""
     config = getattr(module, "config", None)
     heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
-    return {"num_heads": int(heads), "hidden_size": int(hidden)} if isinstance(heads, int) and isinstance(hidden, int) else {}
+    if not (isinstance(heads, int) and isinstance(hidden, int)):
+        return {}
+    blocks = [m for m in module.modules() if hasattr(m, "num_attention_heads") and hasattr(m, "attention_head_size")
+              and m is not module]
+    kept = {(int(m.num_attention_heads), int(m.attention_head_size)) for m in blocks}
+    if not kept or kept == {(heads, hidden // heads)}:
+        return {"num_heads": heads, "hidden_size": hidden}
+    if len(kept) == 1:  # every layer pruned alike: the heads left, and the width they span
+        (h, size), = kept
+        return {"num_heads": h, "hidden_size": h * size}
+    return {}

@@ -6,7 +6,10 @@ The flow, one module each:
   of a Torch-Pruning importance) and the weight-norm term of the energy index;
 * :mod:`~toolchain.prune.config` -- :class:`PruneConfig` (what to cut, when to stop), :class:`PruneResult`;
 * :mod:`~toolchain.prune.graph` -- Torch-Pruning's dependency graph: groups, one cut
-  (:func:`apply_pruning`), transformer heads and MLP width;
+  (:func:`apply_pruning`);
+* :mod:`~toolchain.prune.units` -- transformer heads and MLP neurons: found, scored (magnitude, Taylor),
+  cut by direct surgery; :mod:`~toolchain.prune.unitstep` -- the per-unit step (one energy-aware
+  ranking of heads and MLP groups across layers, or uniform) and its cost prediction;
 * :mod:`~toolchain.prune.costs` -- the cost table per module and its prediction after a cut;
 * :mod:`~toolchain.prune.netadapt` -- the loop (:func:`prune_model`: cut, fine-tune, evaluate, roll
   back) and its energy-aware NetAdapt step;
@@ -20,18 +23,12 @@ imports torch at import time.
 
 from toolchain.prune.config import PruneConfig, PruneResult, StepRecord
 from toolchain.prune.costs import costs_for, count_macs, count_params, module_work, predict_costs, table_costs
-from toolchain.prune.graph import (
-    apply_pruning,
-    attention_blocks,
-    example_args,
-    output_layer,
-    prune_transformer_units,
-    transformer_units,
-)
+from toolchain.prune.graph import apply_pruning, example_args, output_layer, prune_transformer_units
 from toolchain.prune.importance import ENERGY, IMPORTANCES
 from toolchain.prune.job import PruneJob, PruneReport, Reprofile, run_prune
 from toolchain.prune.netadapt import prune_model
 from toolchain.prune.save import save_pruned
+from toolchain.prune.units import attention_blocks, transformer_units
 
 __all__ = ["ENERGY", "IMPORTANCES", "PruneConfig", "PruneJob", "PruneReport", "PruneResult", "Reprofile", "StepRecord",
            "apply_pruning", "attention_blocks", "costs_for", "count_macs", "count_params", "example_args",

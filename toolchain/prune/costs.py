@@ -28,10 +28,20 @@ def module_work(loaded: LoadedModel, module: Any, example: tuple) -> dict[str, i
     """Per module (every one, containers too), the work its cost scales with for one sample:
     multiply-accumulates for Conv and Linear layers, output elements for everything else (activations,
     pooling, normalisation, attention). Recorded with forward hooks on the first sample of ``example``."""
+    return _work(loaded, module, example)[0]
+
+
+def _work(loaded: LoadedModel, module: Any, example: tuple) -> tuple[dict[str, int], int]:
+    """:func:`module_work`, and the MACs of the attention matmuls (``Q K^T`` and ``softmax V`` of every
+    self-attention block: 2 x seq^2 x heads x head size), from one forward pass."""
     import torch
     from torch import nn
 
+    from toolchain.prune.units import attention_blocks
+
     work: dict[str, int] = {}
+    blocks = {id(m) for m in attention_blocks(module).values()}
+    attention: list[int] = []
 
     def hook(name):
         def record(m, inputs, output):
@@ -39,6 +49,8 @@ def module_work(loaded: LoadedModel, module: Any, example: tuple) -> dict[str, i
             if not isinstance(out, torch.Tensor):
                 return
             per_sample = out.numel() // max(out.shape[0], 1) if out.dim() else 1
+            if id(m) in blocks and out.dim() == 3:  # [batch, seq, heads x head size]
+                attention.append(2 * out.shape[1] * per_sample)
             if isinstance(m, nn.Conv2d | nn.Conv1d):
                 per_sample *= (m.in_channels // m.groups) * math.prod(m.kernel_size)
             elif isinstance(m, nn.Linear):
@@ -53,15 +65,18 @@ def module_work(loaded: LoadedModel, module: Any, example: tuple) -> dict[str, i
     finally:
         for h in handles:
             h.remove()
-    return work
+    return work, sum(attention)
 
 
 def count_macs(loaded: LoadedModel, module: Any, example: tuple) -> int:
-    """Multiply-accumulates of Conv and Linear layers for one sample."""
+    """Multiply-accumulates for one sample: Conv and Linear layers, plus the two attention matmuls of
+    every self-attention block (``Q K^T`` and ``softmax V``: 2 x seq^2 x heads x head size, as the cost
+    table's attention rows count them)."""
     from torch import nn
 
     layers = {n for n, m in module.named_modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)}
-    return sum(v for k, v in module_work(loaded, module, example).items() if k in layers)
+    work, attention = _work(loaded, module, example)
+    return sum(v for k, v in work.items() if k in layers) + attention
 
 
 def table_costs(table: CostTable, metric: str) -> dict[str, float]:

@@ -5,9 +5,8 @@ Channels are removed on Torch-Pruning's dependency graph of the *export wrapper*
 BatchNorms, the next layer's inputs) stay consistent. Module paths inside the wrapper start with
 ``model.``.
 
-BERT-family encoders (MiniLM): whole attention heads (query/key/value rows of a head, the output
-projection's columns) and MLP width (intermediate rows, output columns) are cut; the residual width
-stays. Their units are ``("heads", attention path)`` and ``("mlp", intermediate.dense path)``.
+BERT-family encoders (MiniLM) are not cut here but in :mod:`toolchain.prune.units` (whole attention
+heads and MLP neurons, by direct surgery); :func:`prune_transformer_units` is its uniform cut.
 
 torch and Torch-Pruning are imported inside the functions.
 """
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from toolchain.prune.importance import build_importance
+from toolchain.prune.units import attention_blocks
 
 if TYPE_CHECKING:
     from toolchain.model.spec import LoadedModel
@@ -75,6 +75,14 @@ def channel_widths(module: Any) -> dict[str, int]:
     return out
 
 
+def layer_widths(module: Any) -> dict[str, int]:
+    """The ``widths`` of a pruning result: per transformer layer its heads and MLP width
+    (:func:`toolchain.prune.units.widths`), else per Conv/Linear layer its output channels."""
+    from toolchain.prune.units import widths
+
+    return widths(module) if attention_blocks(module) else channel_widths(module)
+
+
 def prunable_groups(loaded: LoadedModel, module: Any, example: tuple, ignored: list) -> list[tuple[Any, Any]]:
     """(root layer, Torch-Pruning group) for every prunable group rooted at a Conv/Linear of the export
     wrapper, ``ignored`` layers (module objects) left out. Root layers are the wrapper's modules."""
@@ -116,60 +124,16 @@ def _sum_outputs(out):
 # ---------------------------------------------------------------------------------------------- transformers
 
 
-def attention_blocks(module: Any) -> dict[str, Any]:
-    """Self-attention modules with ``num_attention_heads`` and query/key/value projections, by path."""
-    return {n: m for n, m in module.named_modules()
-            if hasattr(m, "num_attention_heads") and all(hasattr(m, k) for k in ("query", "key", "value"))}
-
-
-def _mlp_layers(module: Any) -> dict[str, Any]:
-    return {n: m for n, m in module.named_modules() if n.endswith("intermediate.dense")}
-
-
-def transformer_units(module: Any) -> list[tuple[str, str]]:
-    """The prunable units of a transformer: ``("heads", path)`` of every attention block with more than
-    one head, ``("mlp", path)`` of every intermediate layer wider than 8."""
-    units = [("heads", n) for n, m in attention_blocks(module).items() if m.num_attention_heads > 1]
-    units += [("mlp", n) for n, m in _mlp_layers(module).items() if m.out_features > 8]
-    return units
-
-
-def unit_modules(kind: str, name: str) -> list[str]:
-    """Module paths whose cost a unit's width scales (for the cost table)."""
-    if kind == "heads":  # .../attention/self -> its projections, itself, and .../attention/output/dense
-        parent = name.rsplit(".", 1)[0]
-        return [name, f"{name}.query", f"{name}.key", f"{name}.value", f"{parent}.output.dense"]
-    layer = name.rsplit(".", 2)[0]  # .../intermediate/dense -> the layer
-    return [name, f"{layer}.intermediate", f"{layer}.intermediate.intermediate_act_fn", f"{layer}.output.dense"]
-
-
 def prune_transformer_units(loaded: LoadedModel, module: Any, example: tuple, units: list[tuple[str, str]],
-                            config: PruneConfig) -> None:
-    """Cut ``config.step`` (a fraction) of the heads / MLP width of each of ``units`` with Torch-Pruning,
-    in place, then fix the attention modules' head counts so the model still runs and exports."""
-    import torch_pruning as tp
+                            config: PruneConfig, scores: dict[tuple[str, str], list[float]] | None = None) -> None:
+    """Cut ``config.step`` (a fraction) of the heads / MLP width of each of ``units``, in place (MLP width
+    to a multiple of ``config.round_to``; at least one head and one multiple stay), by direct surgery
+    (:mod:`toolchain.prune.units`: no dependency graph is traced). Members are ranked by ``scores`` (one
+    per head or neuron, higher kept), by default their L1 (``config.importance`` ``"l1"``) or L2 norm.
+    ``loaded`` and ``example`` are unused (kept for callers)."""
+    from toolchain.prune.units import apply_cut, magnitude_scores
+    from toolchain.prune.unitstep import uniform_plan
 
-    wrapper = export_wrapper(loaded, module)
-    mods = dict(module.named_modules())
-    blocks = attention_blocks(module)
-    num_heads = {getattr(b, k): b.num_attention_heads for b in blocks.values() for k in ("query", "key", "value")}
-    ratios: dict[Any, float] = {}
-    head_ratios: dict[Any, float] = {}
-    for kind, name in units:
-        if kind == "heads":
-            b = blocks[name]
-            ratios[b.query] = 1e-6  # a scope of its own, so Torch-Pruning visits the group; heads decide the cut
-            for k in ("query", "key", "value"):
-                head_ratios[getattr(b, k)] = config.step
-        else:
-            ratios[mods[name]] = config.step
-    pruner = tp.pruner.BasePruner(wrapper, example, importance=build_importance(config.importance), pruning_ratio=0.0,
-                                  pruning_ratio_dict=ratios, num_heads=num_heads, prune_num_heads=True,
-                                  prune_head_dims=False, head_pruning_ratio_dict=head_ratios or None,
-                                  round_to=config.round_to, global_pruning=False, output_transform=_sum_outputs)
-    pruner.step()
-    for b in blocks.values():
-        b.num_attention_heads = pruner.num_heads[b.query]
-        b.all_head_size = b.query.out_features
-        b.attention_head_size = b.query.out_features // b.num_attention_heads
-    module.zero_grad(set_to_none=True)
+    if scores is None:
+        scores = magnitude_scores(module, list(units), p=1 if config.importance == "l1" else 2)
+    apply_cut(module, uniform_plan({u: scores[u] for u in units}, config.step, max(config.round_to or 1, 1)))

@@ -15,7 +15,9 @@ Adding a criterion is one builder plus one entry in the dict below::
 A criterion whose importance is a Torch-Pruning Taylor importance gets the loss gradients computed
 before every cut (:func:`needs_gradients`). :data:`ENERGY` is not a ranking of its own: it selects the
 energy-aware method (:mod:`toolchain.prune.netadapt`), which picks *which group* to cut by the cost
-table, and ranks the channels inside it by their L2 norm.
+table, and ranks the channels inside it by their L2 norm; on transformers it ranks every head and MLP
+unit by importance per unit of cost (:mod:`toolchain.prune.unitstep`, scored by
+``PruneConfig.unit_importance``).
 
 This module imports neither torch nor Torch-Pruning at import time (``toolchain prune --help`` reads it).
 """
@@ -68,8 +70,9 @@ def needs_gradients(importance: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- index terms
-# The energy-aware index trades energy saved against dW/W: the share of a group's (or a transformer
-# unit's) weight norm a cut removes, always measured by the L2 norm whatever --importance ranks with.
+# The energy-aware index (CNNs) trades energy saved against dW/W: the share of a group's weight norm a cut
+# removes, always measured by the L2 norm whatever --importance ranks with. Transformer heads and MLP
+# units are scored in toolchain.prune.units.
 
 
 def group_importance_removed(group: Any, step: float) -> float:
@@ -81,21 +84,6 @@ def group_importance_removed(group: Any, step: float) -> float:
     if scores is None or len(scores) == 0:
         return 1.0
     return _smallest_share(scores, max(1, round(len(scores) * step)))
-
-
-def unit_importance_removed(module: Any, kind: str, name: str, step: float) -> float:
-    """Share in [0, 1] of a transformer unit's weight norm a cut of ``step`` (a fraction) removes: per
-    attention head over its query/key/value rows (``kind`` ``"heads"``), per MLP row (``"mlp"``).
-    ``name`` is the unit's module path in ``module``."""
-    import torch
-
-    m = dict(module.named_modules())[name]
-    if kind == "heads":
-        w = torch.cat([getattr(m, k).weight.detach() for k in ("query", "key", "value")], dim=1)
-        scores = w.view(m.num_attention_heads, -1).norm(dim=1)
-    else:
-        scores = m.weight.detach().norm(dim=1)
-    return _smallest_share(scores, max(1, round(step * len(scores))))
 
 
 def _smallest_share(scores: Any, k: int) -> float:

@@ -44,8 +44,10 @@ class PruneJob:
     ``train_spec`` data specs (``train_spec`` None: a quarter of the eval samples held out, the rest
     trained on); ``costs`` the path of a cost table; ``target_spec`` a target name or file. Exactly one of
     ``ratio``, ``target_energy_reduction``, ``target_latency_reduction`` (fractions in (0, 1));
-    ``max_accuracy_drop`` in points; ``step`` a fraction of a group's channels; ``lr`` None picks the
-    default of :class:`~toolchain.prune.config.PruneConfig`; ``round_to`` None takes the target's."""
+    ``max_accuracy_drop`` in points; ``step`` a fraction (see :class:`~toolchain.prune.config.PruneConfig`);
+    ``lr`` None picks the default of :class:`~toolchain.prune.config.PruneConfig`; ``round_to`` None takes
+    the target's; ``seed`` seeds fine-tuning and Taylor scores (same seed and inputs, same pruned model);
+    ``unit_importance`` scores transformer heads and MLP units for the energy method (l1, l2, taylor)."""
 
     model: str
     eval_spec: str
@@ -74,6 +76,9 @@ class PruneJob:
     weights: str | None = None
     input_shapes: tuple[str, ...] = ()
     force: bool = False
+    seed: int = 0
+    unit_importance: str = "l2"
+    taylor_batches: int = 4
 
     def config(self) -> PruneConfig:
         """The :class:`PruneConfig` of this job (``round_to`` as given, before the target's default)."""
@@ -83,7 +88,8 @@ class PruneJob:
                            max_accuracy_drop=self.max_accuracy_drop, step=self.step, alpha=self.alpha, beta=self.beta,
                            finetune_epochs=self.finetune_epochs, lr=self.lr, round_to=self.round_to,
                            exclude=self.exclude, max_steps=self.max_steps, reprofile_every=self.reprofile_every,
-                           trials=self.trials, patience=self.patience)
+                           trials=self.trials, patience=self.patience, seed=self.seed,
+                           unit_importance=self.unit_importance, taylor_batches=self.taylor_batches)
 
     @property
     def cost_metric(self) -> str:

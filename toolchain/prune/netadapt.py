@@ -12,6 +12,11 @@ cost target is met. Two ways to choose a step's cut:
   trades the energy a cut would save (cost table, :func:`~toolchain.prune.costs.predict_costs`) against
   the share of the group's weight norm it removes; the best ``trials`` by the index are cut on copies
   and the one saving the most energy per point of accuracy lost wins.
+
+Transformers (attention heads and MLP width, :mod:`toolchain.prune.unitstep`) take one step per unit
+instead: energy-aware, every head and ``round_to`` group of MLP neurons of every layer in one ranking by
+importance per unit of predicted cost, cut together once and evaluated once (a rollback halves the next
+step); uniform, every layer loses the same share.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from toolchain.core.errors import ToolchainError, option
@@ -28,24 +32,17 @@ from toolchain.prune.config import PruneConfig, PruneResult, StepRecord
 from toolchain.prune.costs import count_macs, count_params, module_work, predict_costs
 from toolchain.prune.graph import (
     apply_pruning,
-    attention_blocks,
     channel_widths,
     example_args,
     export_wrapper,
+    layer_widths,
     module_names,
     output_layer,
     prunable_groups,
-    prune_transformer_units,
-    transformer_units,
-    unit_modules,
 )
-from toolchain.prune.importance import (
-    ENERGY,
-    build_importance,
-    group_importance_removed,
-    needs_gradients,
-    unit_importance_removed,
-)
+from toolchain.prune.importance import ENERGY, build_importance, group_importance_removed, needs_gradients
+from toolchain.prune.units import attention_blocks
+from toolchain.prune.unitstep import UnitStepper
 
 if TYPE_CHECKING:
     from toolchain.model.spec import LoadedModel
@@ -95,8 +92,10 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
         found = dict(m.named_modules())
         return [found[n] for n in ignored_names]
     transformer = bool(attention_blocks(module))
+    started0 = time.perf_counter()
     # accuracy where the model has logits for the labels; else (embeddings) cosine to the unpruned outputs
-    labelled = eval_data.labels is not None and evaluate(loaded, module, eval_data).accuracy is not None
+    first = evaluate(loaded, module, eval_data) if eval_data.labels is not None else None
+    labelled = first is not None and first.accuracy is not None
     reference = None if labelled else outputs(loaded, loaded.module, eval_data)
 
     def metric(m) -> float:
@@ -106,20 +105,28 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
     eval_floor = max(0.05, 100 / len(eval_data)) if labelled else 0.05
 
     grads = None
-    if needs_gradients(build_importance(config.importance)):
+    if not transformer and needs_gradients(build_importance(config.importance)):
         if not labelled:
             raise ToolchainError(f"{option(f'--importance {config.importance}', f'importance={config.importance!r}')} needs labelled data (it differentiates the loss)")
-        grads = _loss_gradients(loaded, train_data)
+        grads = _loss_gradients(loaded, train_data, config.seed)
 
-    base = metric(module)
+    if first is not None and labelled:  # each evaluation is a pass over the data: none twice
+        base = 100 * first.accuracy
+    else:  # the copy gives the reference's outputs
+        import torch
+
+        base = 100 * torch.nn.functional.cosine_similarity(reference, reference, dim=1).mean().item()
+    now = base
     params0, macs0 = count_params(module), count_macs(loaded, module, example)
     channels0 = channel_widths(module)
     total0 = sum(costs.values()) if costs else 0.0
     current = dict(costs or {})
+    prediction = dict(current)  # the cost table's prediction for the last kept step (before any re-measure)
     steps: list[StepRecord] = []
     goal = config.target_energy_reduction or config.target_latency_reduction
 
     lr = config.lr or (5e-5 if transformer else 1e-4)
+    units = UnitStepper(loaded, module, config, costs, train_data, labelled) if transformer else None
 
     def finetune(m) -> None:
         if config.finetune_epochs > 0:
@@ -144,31 +151,41 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
     if config.ratio is not None:  # one shot, uniform, judged against the budget like every step
         started = time.perf_counter()
         snapshot = copy.deepcopy(module)
-        before = module_work(loaded, module, example)
-        if transformer:
-            prune_transformer_units(loaded, module, example, transformer_units(module), replace(config, step=config.ratio))
+        if units is not None:
+            units.uniform(module, config.ratio)
+            predicted = units.predict(module)
         else:
+            before = module_work(loaded, module, example)
             apply_pruning(loaded, module, example, float(config.ratio), ignored(module), config, grads)
-        predicted = predict_costs(current, before, module_work(loaded, module, example))
+            predicted = predict_costs(current, before, module_work(loaded, module, example))
         finetune(module)
         acc = metric(module)
         kept = base - acc <= config.max_accuracy_drop
         if kept:
-            current = predicted
+            current = prediction = predicted
+            now = acc
         else:
             module = snapshot
         steps.append(StepRecord(step=1, pruned=["all"], kept=kept, accuracy=acc, params=count_params(module),
-                                predicted_reduction=reduction(), seconds=time.perf_counter() - started))
+                                predicted_reduction=reduction(), seconds=time.perf_counter() - started,
+                                macs=count_macs(loaded, module, example)))
     else:
         frozen: set[str] = set()
         rollbacks = 0
-        now = base
         for step_no in range(1, config.max_steps + 1):
             if reduction() >= goal or rollbacks >= config.patience:
                 break
             started = time.perf_counter()
             snapshot = copy.deepcopy(module)
-            if config.importance == ENERGY:
+            if units is not None:  # transformers: one cut of heads and MLP units, evaluated once
+                if config.importance == ENERGY:
+                    chosen = units.energy(module, current, total0 * (1 - goal), step_no)
+                else:
+                    chosen = units.uniform(module, config.step, step_no)
+                if not chosen:
+                    break  # round_to or minimum sizes: nothing left to cut
+                predicted = units.predict(module)
+            elif config.importance == ENERGY:
                 picked = _netadapt_step(loaded, module, example, config, current, total0, frozen, ignored, grads,
                                         metric, now, eval_floor)
                 if picked is None:
@@ -176,11 +193,7 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
                 chosen, module, predicted = [picked[0]], picked[1], picked[2]
             else:
                 before = module_work(loaded, module, example)
-                if transformer:
-                    units = [u for u in transformer_units(module) if not set(unit_modules(*u)) & set(config.exclude)]
-                    prune_transformer_units(loaded, module, example, units, config)
-                else:
-                    apply_pruning(loaded, module, example, float(config.step), ignored(module), config, grads)
+                apply_pruning(loaded, module, example, float(config.step), ignored(module), config, grads)
                 chosen = ["all"]
                 after = module_work(loaded, module, example)
                 if after == before:
@@ -192,7 +205,7 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
             acc = metric(module)
             kept = base - acc <= config.max_accuracy_drop
             if kept:
-                current, now, rollbacks = predicted, acc, 0
+                current, prediction, now, rollbacks = predicted, predicted, acc, 0
                 if reprofile and config.reprofile_every and step_no % config.reprofile_every == 0:
                     if progress:
                         progress(f"step {step_no}: re-measuring on the target")
@@ -200,32 +213,41 @@ def prune_model(loaded: LoadedModel, config: PruneConfig, train_data, eval_data,
                     measured = 1 - sum(fresh.values()) / baseline_measured if baseline_measured else None
                     scale = total0 / baseline_measured if baseline_measured else 1.0  # in the table's units
                     current = {k: v * scale for k, v in fresh.items()}
+                    if units is not None:
+                        units.rebase(current, module)
             else:
                 module = snapshot
                 frozen.update(chosen)
                 rollbacks += 1
+                if units is not None:
+                    units.rolled_back()
                 if config.importance != ENERGY:
                     rollbacks = config.patience  # uniform pruning has nothing else to try
             steps.append(StepRecord(step=step_no, pruned=chosen, kept=kept, accuracy=acc, params=count_params(module),
                                     predicted_reduction=reduction(), measured_reduction=measured,
-                                    seconds=time.perf_counter() - started))
+                                    seconds=time.perf_counter() - started, macs=count_macs(loaded, module, example)))
             if kept and on_kept:
                 on_kept(steps[-1], module)
-    final = metric(module)
+    final = now  # the metric of the model kept (the last kept step, or the unpruned model)
     channels1 = channel_widths(module)
+    macs1 = count_macs(loaded, module, example)
     return PruneResult(module=module.eval(), base_metric=base, final_metric=final,
                        metric_name="accuracy %" if labelled else "cosine x 100",
                        params_before=params0, params_after=count_params(module), macs_before=macs0,
-                       macs_after=count_macs(loaded, module, example), reduction=reduction(),
+                       macs_after=macs1, reduction=reduction(),
                        reduction_kind=("measured" if measured is not None else "predicted from the cost table" if costs
                                        else "MACs (no cost table)"),
-                       steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0})
+                       steps=steps, channels={k: (channels0[k], channels1.get(k, 0)) for k in channels0},
+                       predicted_reduction=1 - sum(prediction.values()) / total0 if total0 else None,
+                       macs_reduction=1 - macs1 / macs0 if macs0 else 0.0,
+                       widths=layer_widths(module),
+                       seconds=time.perf_counter() - started0)
 
 
 def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[str, float], total0: float,
                    frozen: set[str], ignored, grads, metric, now: float, floor: float):
-    """One energy-aware step (NetAdapt, with the paper's index). Every candidate -- a layer group, or the
-    heads / MLP width of one transformer layer -- is sized to save the same energy, ``config.step`` of the
+    """One energy-aware step on a CNN (NetAdapt, with the paper's index). Every candidate -- a layer
+    group -- is sized to save the same energy, ``config.step`` of the
     model's current cost by the cost table (channels a probe cut saves, scaled); the index
     ``beta * dE/E - alpha * dW/W`` (energy saved against the share of the group's weight norm removed)
     ranks them, the best ``config.trials`` are cut on copies and evaluated, and the one that loses the least
@@ -234,26 +256,16 @@ def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[s
     goal = config.step * total
     work0 = module_work(loaded, module, example)
     units: list[tuple[str, str, Callable[[Any, float], None], Callable[[float], float]]] = []
-    if attention_blocks(module):
-        for kind, name in transformer_units(module):
-            label = f"{kind}:{name}"
-            if label in frozen or set(unit_modules(kind, name)) & set(config.exclude):
-                continue
-            units.append((label, f"{name} (heads)" if kind == "heads" else name,
-                          lambda m, r, u=(kind, name): prune_transformer_units(loaded, m, example, [u],
-                                                                               replace(config, step=r)),
-                          lambda r, u=(kind, name): unit_importance_removed(module, *u, r)))
-    else:
-        plain = {k: v.removeprefix("model.") for k, v in module_names(export_wrapper(loaded, module)).items()}
-        for root, group in prunable_groups(loaded, module, example, ignored(module)):
-            label = plain.get(root, "")
-            if not label or label in frozen:
-                continue
+    plain = {k: v.removeprefix("model.") for k, v in module_names(export_wrapper(loaded, module)).items()}
+    for root, group in prunable_groups(loaded, module, example, ignored(module)):
+        label = plain.get(root, "")
+        if not label or label in frozen:
+            continue
 
-            def apply(m, r, label=label) -> None:
-                layer = dict(export_wrapper(loaded, m).named_modules())["model." + label]
-                apply_pruning(loaded, m, example, {layer: r}, ignored(m), config, grads)
-            units.append((label, label, apply, lambda r, g=group: group_importance_removed(g, r)))
+        def apply(m, r, label=label) -> None:
+            layer = dict(export_wrapper(loaded, m).named_modules())["model." + label]
+            apply_pruning(loaded, m, example, {layer: r}, ignored(m), config, grads)
+        units.append((label, label, apply, lambda r, g=group: group_importance_removed(g, r)))
 
     sizes = channel_widths(module)
     candidates = []
@@ -278,7 +290,7 @@ def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[s
         saved = total - sum(predicted.values())
         index = config.beta * saved / total0 - config.alpha * removed_share(cut / size)
         candidates.append((index, label, trial, predicted, saved))
-    candidates.sort(key=lambda c: c[0], reverse=True)
+    candidates.sort(key=lambda c: (-c[0], c[1]))  # ties by label: not by the graph's group order
     best = None
     for _, label, trial, predicted, saved in candidates[:max(1, config.trials)]:
         lost = max(now - metric(trial), 0.0)
@@ -288,20 +300,25 @@ def _netadapt_step(loaded, module, example, config: PruneConfig, current: dict[s
     return None if best is None else best[1:]
 
 
-def _loss_gradients(loaded, data) -> Callable[[Any], None]:
+def _loss_gradients(loaded, data, seed: int = 0) -> Callable[[Any], None]:
     """A function that back-propagates the cross-entropy of one batch of 64 labelled samples of ``data``
-    through a module, leaving ``.grad`` on its parameters (what a Taylor importance reads)."""
+    through a module, leaving ``.grad`` on its parameters (what a Taylor importance reads). Dropout draws
+    from a generator seeded with ``seed`` (the global one is left as it was): the same gradients every run."""
     def compute(module) -> None:
         import torch
 
         from toolchain.training import forward, to_torch
 
         module.zero_grad(set_to_none=True)
-        module.train()
         batch = next(data.batches(64))
         labels = torch.as_tensor(data.labels[:len(next(iter(batch.values())))])
-        loss = torch.nn.functional.cross_entropy(forward(loaded, module, to_torch(batch)), labels)
-        loss.backward()
-        module.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module.train()
+            try:
+                loss = torch.nn.functional.cross_entropy(forward(loaded, module, to_torch(batch)), labels)
+                loss.backward()
+            finally:
+                module.eval()
 
     return compute

@@ -19,6 +19,7 @@ from toolchain.formats.pruned import (
     ShapeAttrs,
 )
 from toolchain.prune.config import PruneConfig, PruneResult
+from toolchain.prune.graph import layer_widths
 
 if TYPE_CHECKING:
     from toolchain.model.spec import LoadedModel
@@ -49,7 +50,8 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, source_spec: str, out_
     paths. ``extra`` holds the optional keys of :class:`~toolchain.formats.pruned.PrunedMeta`
     (``weights``, ``input_shapes``, ``target``, ``costs``, ``data``; ``costs``/``data`` as
     :class:`~toolchain.formats.pruned.CostsUsed`/:class:`~toolchain.formats.pruned.DataUsed` or their
-    dicts), written in its order; only the keys given are written."""
+    dicts), written in its order; only the keys given are written. The result's ``widths`` are those of
+    ``result.module`` (the model written)."""
     import io
 
     import torch
@@ -64,8 +66,10 @@ def save_pruned(result: PruneResult, loaded: LoadedModel, source_spec: str, out_
         known["costs"] = CostsUsed.from_dict(known["costs"])
     if isinstance(known.get("data"), dict):
         known["data"] = DataUsed.from_dict(known["data"])
+    record = result.to_dict()
+    record["widths"] = layer_widths(module)  # of the module written (a caller may pass an earlier step's)
     meta = PrunedMeta(source=source_spec, source_hash=loaded.source_hash, source_kind=loaded.kind, task=loaded.task,
-                      modules=changed_shapes(loaded.module, module), config=asdict(config), result=result.to_dict(),
+                      modules=changed_shapes(loaded.module, module), config=asdict(config), result=record,
                       written=tuple(extra), other={k: v for k, v in extra.items() if k not in OPTIONAL_KEYS},
                       **known)
     # the files the model was read from are never written over, whatever ``force`` says
