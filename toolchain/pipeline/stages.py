@@ -121,8 +121,11 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
     # pruning alone at the pipeline's budget (the "pruning only" variant): its most pruned step within it
     within = [(step, module) for step, module in kept if result.base_metric - step.accuracy <= r.max_accuracy_drop]
     step0, module0 = within[-1] if within else (None, copy.deepcopy(loaded.module))
+    macs0 = (step0.macs or result.macs_after) if step0 else result.macs_before
     save_pruned(replace(result, module=module0, final_metric=step0.accuracy if step0 else result.base_metric,
                         reduction=step0.predicted_reduction if step0 else 0.0,
+                        predicted_reduction=step0.predicted_reduction if step0 else 0.0, widths={},
+                        macs_after=macs0, macs_reduction=1 - macs0 / max(result.macs_before, 1),
                         params_after=step0.params if step0 else result.params_before,
                         steps=[x for x in result.steps if step0 and x.step <= step0.step]),
                 loaded, run.model, out / "within-budget", config, meta, force=True)
@@ -130,13 +133,18 @@ def stage_prune(run: Run, out: Path) -> dict[str, Any]:
     (out / "candidates").mkdir()
     for n, (step, module) in enumerate(_spread(kept, r.search_points)):
         snapshot = replace(result, module=module, final_metric=step.accuracy, reduction=step.predicted_reduction,
-                           params_after=step.params, steps=[x for x in result.steps if x.step <= step.step])
+                           predicted_reduction=step.predicted_reduction, params_after=step.params,
+                           macs_after=step.macs or result.macs_after, widths={},
+                           macs_reduction=1 - (step.macs or result.macs_after) / max(result.macs_before, 1),
+                           steps=[x for x in result.steps if x.step <= step.step])
         save_pruned(snapshot, loaded, run.model, out / "candidates" / f"p{n}", config, meta, force=True)
         candidates.append({"dir": f"candidates/p{n}", "step": step.step, "metric": step.accuracy,
-                           "predicted_energy_reduction": step.predicted_reduction, "params": step.params})
+                           "predicted_energy_reduction": step.predicted_reduction, "params": step.params,
+                           "macs": step.macs})
     return {"base_metric": result.base_metric, "metric": result.final_metric, "params_before": result.params_before,
             "params_after": result.params_after, "macs_before": result.macs_before, "macs_after": result.macs_after,
-            "predicted_energy_reduction": result.reduction, "steps": len(result.steps),
+            "predicted_energy_reduction": result.reduction, "macs_reduction": result.macs_reduction,
+            "widths": result.widths, "steps": len(result.steps),
             "kept_steps": sum(s.kept for s in result.steps), "candidates": candidates}
 
 
@@ -242,6 +250,21 @@ def report_title(run: Run, rows: list[dict[str, Any]]) -> str:
             f"({test.get('samples', '?')} samples)")
 
 
+def predicted_vs_measured(run: Run, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pruning-only variant's energy reduction as the cost table predicted it and as measured."""
+    from toolchain.formats.costs import MeasurementRecord
+
+    pruned = run.dir("prune") / "within-budget" / "pruned.json"
+    by_name = {r["name"]: r for r in rows}
+    if not pruned.is_file() or "pruning only" not in by_name:
+        return None
+    result = json.loads(pruned.read_text()).get("result") or {}
+    base, only = (MeasurementRecord.from_dict(by_name[n]["measurement"]) for n in ("baseline (FP32)", "pruning only"))
+    measured = 1 - only.joules_per_inference.net.mean / base.joules_per_inference.net.mean
+    return {"predicted": float(result.get("predicted_reduction") or result.get("reduction") or 0.0),
+            "macs": float(result.get("macs_reduction") or 0.0), "measured": measured, "meter": only.kind}
+
+
 def stage_report(run: Run, out: Path) -> dict[str, Any]:
     """The sustainability report (report.md, report.html, report.json) of the compared variants and the
     scheduler's Pareto front."""
@@ -271,6 +294,9 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
                       "every variant's metric is on the test part (held out: never trained, fine-tuned, distilled, "
                       "calibrated or selected on); the scheduler and pruning chose on the calibration part "
                       "(the Pareto points' metric)",
+                      *[f"pruning only: the cost table predicted {pm['predicted']:.1%} less energy, "
+                        f"{pm['macs']:.1%} fewer MACs; measured {pm['measured']:.1%} ({pm['meter']})"
+                        for pm in [predicted_vs_measured(run, rows)] if pm],
                       f"every variant measured at batch {batch} on {run.target.name}: J/inference and latency "
                       f"per inference are per call / {batch}",
                       f"scheduler: {len(search['candidates'])} candidates (the input FP32 and INT8; pruning point x "
@@ -281,7 +307,8 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
                       f"recipe: {json.dumps(run.manifest.recipe)}"]}
     report = build_report(spec)
     write_report(report, out, force=True)
-    return {"headline": report.get("headline"), "title": report["title"]}
+    return {"headline": report.get("headline"), "title": report["title"],
+            "pruning_predicted_vs_measured": predicted_vs_measured(run, rows)}
 
 
 STAGE_FUNCS: dict[str, Callable[[Run, Path], dict[str, Any]]] = {
