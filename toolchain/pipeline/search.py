@@ -147,8 +147,9 @@ def _keep_only(out: Path, candidates: list[dict[str, Any]], keep: list[dict[str,
     input's INT8 files stay): the search's students are scratch once the choice is made."""
     import shutil
 
-    kept_files = {c["onnx"] for c in keep if c.get("onnx")}
     kept_work = {c["work"] for c in keep if c.get("work")}
+    # the kept students' FP32 files too: the export stage promotes them (the INT8 one may be the winner)
+    kept_files = {c["onnx"] for c in keep if c.get("onnx")} | {f"{w}/model.onnx" for w in kept_work}
     for work in {c["work"] for c in candidates if c.get("work")} - kept_work:
         shutil.rmtree(out / work, ignore_errors=True)
     for c in candidates:

@@ -185,15 +185,21 @@ def stage_export(run: Run, out: Path) -> dict[str, Any]:
     c = chosen(run)
     if is_input(c):
         return _skipped("the chosen candidate is the input model: the baseline's export is the artifact")
-    _promote(run.dir("search") / c["work"] / "model.onnx", out / "model.onnx")
     loaded = student_model(run.dir("prune") / c["prune_dir"], run.dir("distill") / "student.pt")
+    searched = run.dir("search") / c["work"] / "model.onnx"
+    if searched.is_file():
+        _promote(searched, out / "model.onnx")
+    else:  # a search directory without it (written before the FP32 file was kept): export the student again
+        from toolchain.export.exporter import export_model
+
+        export_model(loaded, out / "model.onnx", ExportOptions(parity=False))
     parity = check_parity(loaded, out / "model.onnx", ExportOptions())
     bad = [p for p in parity if not p.passed]
     if bad:
         raise ToolchainError(f"the distilled student's ONNX file disagrees with PyTorch ({bad[0]})",
                              hint="re-run from the search stage")
     return {"parity": [asdict(p) for p in parity], "size_bytes": (out / "model.onnx").stat().st_size,
-            "promoted_from": f"search/{c['work']}/model.onnx"}
+            "promoted_from": f"search/{c['work']}/model.onnx" if searched.is_file() else None}
 
 
 def stage_quantize(run: Run, out: Path) -> dict[str, Any]:
