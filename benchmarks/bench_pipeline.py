@@ -92,10 +92,10 @@ def pruning_comparison(run_dir: Path, args) -> dict:
                              finetune_epochs=recipe.finetune_epochs, max_steps=recipe.max_steps,
                              round_to=target.round_to, seed=recipe.seed)
         started = time.perf_counter()
-        result = prune_model(loaded, config, train, calibration, costs=costs if method == "energy" else None,
+        result = prune_model(loaded, config, train, calibration, costs=costs,  # l2: every layer alike
                              progress=lambda t, m=method: say(f"pruning {m}: {t}"))
         path = work / f"{method}.onnx"
-        export_model(replace(loaded, module=result.module), path, ExportOptions(parity=False))
+        export_model(replace(loaded, module=result.module), path, ExportOptions(parity=False, force=True))
         paths[method] = path
         methods[method] = {"metric_before": result.base_metric, "metric_after": result.final_metric,
                            "metric_name": result.metric_name, "params_before": result.params_before,
