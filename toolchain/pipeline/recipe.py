@@ -31,7 +31,7 @@ class Recipe:
     table (``[prune]``, ``[distill]`` ...) is a grouping for the reader only: keys are these names."""
 
     samples: int = _feeds(4000, "baseline")  # taken from the data; a quarter is held out for evaluation
-    seq_len: int = _feeds(128, "baseline", "search", "distill", "profile", "compare")
+    seq_len: int = _feeds(128, "baseline", "search", "profile", "compare")
     # the columns (CSV) or keys (JSON Lines) of the text and the label in a user's data file
     text_field: str = _feeds("text", "baseline")
     label_field: str = _feeds("label", "baseline")
@@ -47,20 +47,20 @@ class Recipe:
     finetune_epochs: int = _feeds(1, "prune")
     max_steps: int = _feeds(20, "prune")
     # distill
-    distill_epochs: int = _feeds(2, "search", "distill", "compare")
-    alpha: float = _feeds(0.7, "search", "distill", "compare")
+    distill_epochs: int = _feeds(2, "search", "compare")
+    alpha: float = _feeds(0.7, "search", "compare")
     # None: distill's default for the model's family (5e-5 for transformers, 1e-3 otherwise)
-    distill_lr: float | None = _feeds(None, "search", "distill", "compare")
+    distill_lr: float | None = _feeds(None, "search", "compare")
     # the "distillation only" student: every layer at this share of its width
     # (0.7: about half the parameters, the half-size student SuComp compares with)
     distill_only_width: float = _feeds(0.7, "compare")
     # quantize
-    calib_samples: int = _feeds(256, "search", "quantize", "compare")
+    calib_samples: int = _feeds(256, "search", "compare")
     # search (the scheduler): candidates = pruning points x temperatures x INT8 configurations
     # pruning ratios taken from the pruning trajectory (the last kept step included): the prune stage
     # writes them as its candidates
     search_points: int = _feeds(3, "prune")
-    search_temperatures: tuple[float, ...] = _feeds((2.0, 4.0), "search")
+    search_temperatures: tuple[float, ...] = _feeds((2.0, 4.0), "search", "compare")
     search_quant: int = _feeds(2, "search")  # the target preset's first static INT8 configurations
     # FP32 is a candidate too: where INT8 costs more energy on the target (measured), the scheduler keeps
     # FP32 for the deliverable (the INT8 artifact of the chosen student is still written and compared)
@@ -80,7 +80,7 @@ class Recipe:
     window_s: float = _feeds(1.0, *_MEASURED)
     idle_s: float | None = _feeds(None, *_MEASURED)
     profile_runs: int = _feeds(20, "baseline", "profile", "compare")  # the search profiles 2 runs of its own
-    seed: int = _feeds(0, "baseline", "prune", "search", "distill", "compare")
+    seed: int = _feeds(0, "baseline", "prune", "search", "compare")
 
     def __post_init__(self) -> None:
         self.validate()
