@@ -183,7 +183,7 @@ def catalogue_index() -> dict[str, CatalogueEntry]:
                        "use (~3 min on 2 cores), then cached", minilm_bbc),
         CatalogueEntry("fashion-cnn", "pretrained", "vision",
                        "VGG-style CNN (5 conv + batch norm, 2 linear), Fashion-MNIST 28x28 grayscale, trained here on "
-                       "the train split on first use (~1 min on 2 cores, package dataset-fashion-mnist), then cached",
+                       "the train split on first use (~2 min on 2 cores, package dataset-fashion-mnist), then cached",
                        fashion_cnn),
         CatalogueEntry("mnist-cnn", "pretrained", "vision", "ccexam MNIST CNN, 28x28 grayscale (package ccexam)", mnist_cnn),
         CatalogueEntry("efficientnet-lite0", "pretrained", "vision",
