@@ -30,8 +30,8 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 $(FASHION):
 	apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
-# The main job on a built-in default: the pipeline on a CNN trained here on Fashion-MNIST's 60,000 training
-# images (catalogue model fashion-cnn, cached with its hash), judged on the 10,000 test images it never saw
+# The main job on a built-in default: the pipeline on a CNN trained here on Fashion-MNIST's training split
+# (catalogue model fashion-cnn, cached with its hash), judged on the 10,000 test images it never saw
 # (baseline -> prune -> scheduler -> distill -> export -> INT8 -> profile -> compare -> report). A second
 # `make demo` reuses the finished stages; `rm -rf out/pipeline` starts over.
 demo: install $(FASHION)
