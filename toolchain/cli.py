@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("toolchain.commands.compare", "compare", "Compare models (FP32 vs INT8) across targets: latency, energy, carbon."),
     "distill": ("toolchain.commands.distill", "distill", "Distill a student from a teacher (KD loss, or label-free on outputs/embeddings)."),
     "prune": ("toolchain.commands.prune", "prune", "Prune a PyTorch model structurally, energy-costliest layers first."),
+    "worker": ("toolchain.commands.worker", "worker", "Start a Ray node that offers targets to profile/compare --cluster."),
     "pipeline": ("toolchain.commands.pipeline", "pipeline", "Prune, distill, export, quantize, profile and report in one resumable run."),
 }
 

@@ -81,6 +81,22 @@ def _tensor_nbytes(tensor) -> int | None:
     return (numel * bits + 7) // 8 if bits else numel * itemsize
 
 
+def external_data_files(onnx_path: str | Path, model=None) -> list[str]:
+    """The external data files ``onnx_path`` references (``location`` of its EXTERNAL tensors, relative to
+    its folder), each once, in the order first met; [] for a model that holds all its weights."""
+    import onnx
+
+    if model is None:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    names: list[str] = []
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location and location not in names:
+                names.append(location)
+    return names
+
+
 def check_external_data(onnx_path: str | Path, model=None) -> None:
     """Fail in one line when a tensor of ``onnx_path`` (``model``: its graph, already loaded without its
     weights) is stored in an external data file that is missing or shorter than the tensor's

@@ -1,0 +1,258 @@
+"""The driver: run (model, target) jobs on the nodes of a Ray cluster that offer each target.
+
+One job per target holds every model (measured there interleaved, as ``toolchain compare`` does locally).
+The ONNX files go into Ray's object store once and every job reads them from there. A job runs on one
+node (node affinity, never soft) and asks for the node's whole unit of the target's resource, so a node
+measures one job of a target at a time; jobs whose nodes share a host run one after another (two
+measurements at once on one machine would slow each other), jobs on different hosts at the same time.
+A job whose node is lost (the node died, its worker crashed, the object or node went away) is retried
+once on another node that offers the target; when there is none, or the retry is lost too, the target is
+reported lost and every other result is kept. A job that fails for its own reasons (the target not
+usable on that node, no readable meter) is reported failed, not retried: it would fail again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import ToolchainError, one_line
+from toolchain.fleet.node import JobSpec, run_job
+from toolchain.fleet.resources import NodeRecord, describe_offered, live_nodes, offered, resource_for
+
+RETRIES = 1  # a lost job is retried once on another node that offers its target
+
+
+@dataclass
+class Attempt:
+    """One try of a target's job on one node: ``ok``, ``lost`` (the node or its worker went away) or
+    ``failed`` (the job's own error), with the reason and how long it took."""
+
+    node: str
+    node_id: str
+    outcome: str
+    seconds: float
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "node_id": self.node_id, "outcome": self.outcome,
+                "seconds": round(self.seconds, 3), "reason": self.reason}
+
+
+@dataclass
+class FleetResult:
+    """What came back: cost-table dicts per (model display path, target name), the node that measured each
+    target (its :func:`toolchain.fleet.node.node_info`), every attempt, and the targets lost or failed."""
+
+    address: str
+    nodes: list[NodeRecord]
+    tables: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    measured_on: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attempts: dict[str, list[Attempt]] = field(default_factory=dict)
+    lost: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def cluster_dict(self) -> dict[str, Any]:
+        return {"address": self.address,
+                "nodes": [{"node_id": n.node_id, "address": n.address, "hostname": n.hostname,
+                           "targets": list(n.targets), "head": n.is_head} for n in self.nodes],
+                "measured_on": self.measured_on,
+                "attempts": {t: [a.to_dict() for a in tries] for t, tries in self.attempts.items()},
+                "lost": [{"target": t, "reason": r} for t, r in self.lost.items()],
+                "failed": [{"target": t, "reason": r} for t, r in self.failed.items()]}
+
+
+def connect(address: str) -> bool:
+    """Join the Ray cluster at ``address`` as a driver (no-op when this process already is one); True when
+    this call connected (the caller then disconnects with :func:`disconnect`)."""
+    try:
+        import ray
+    except ImportError:
+        raise ToolchainError("Ray is not installed here", hint="pip install 'toolchain[fleet]'") from None
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, namespace="toolchain", logging_level=logging.ERROR, log_to_driver=False,
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ToolchainError(f"cannot join the Ray cluster at {address}: {one_line(exc)}",
+                             hint="start its head with `toolchain worker --head` (or `ray start --head`) and "
+                                  "pass the address it prints") from None
+    return True
+
+
+def disconnect() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def cluster_nodes() -> list[NodeRecord]:
+    import ray
+
+    return live_nodes(ray.nodes())
+
+
+def model_files(path: str | Path) -> dict[str, bytes]:
+    """An ONNX file and the external data files it references, name -> bytes, the ONNX file first."""
+    from toolchain.core.onnxfile import external_data_files, load_graph
+
+    path = Path(path)
+    load_graph(path)  # one clear line for a missing, corrupt or incomplete model, before anything ships
+    files = {path.name: path.read_bytes()}
+    for name in external_data_files(path):
+        files[name] = (path.parent / name).read_bytes()
+    return files
+
+
+def _target_toml(target) -> str:
+    if target.path is None:
+        raise ToolchainError(f"target {target.name!r} has no TOML file to ship to the cluster's nodes")
+    return Path(target.path).read_text()
+
+
+def _data_file(options) -> tuple[str, bytes] | None:
+    """The local data file ``options.data`` names, to ship with each job (a ``builtin:`` set or synthetic
+    inputs ship nothing); a folder is refused."""
+    spec = options.data
+    if not spec or spec.startswith("builtin:") or spec == "random":
+        return None
+    p = Path(spec)
+    if p.is_dir():
+        raise ToolchainError(f"--data {spec}: a folder is not shipped to the cluster's nodes",
+                             hint="pack the inputs into an .npz file (or use a builtin: set)")
+    if not p.is_file():
+        raise ToolchainError(f"--data {spec}: no such file")
+    return p.name, p.read_bytes()
+
+
+def check_offered(targets, nodes: list[NodeRecord], address: str) -> None:
+    """One line naming the targets no live node offers, and what the cluster has."""
+    have = offered(nodes)
+    missing = [t.name for t in targets if t.name not in have]
+    if missing:
+        raise ToolchainError(
+            f"no node of the cluster at {address} offers target{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; the cluster offers: {describe_offered(nodes)}",
+            hint=f"start a node with `toolchain worker --target {missing[0]} --address {address}`")
+
+
+def _candidates(target_name: str, tried: set[str]) -> list[NodeRecord]:
+    """Live nodes offering the target that were not tried yet: worker nodes first, the head last."""
+    return [n for n in offered(cluster_nodes()).get(target_name, []) if n.node_id not in tried]
+
+
+class _Job:
+    def __init__(self, target, spec: JobSpec, models_ref, first: NodeRecord):
+        self.target, self.spec, self.models_ref, self.first = target, spec, models_ref, first
+
+
+def _attempt(job: _Job, node: NodeRecord, timeout_s: float | None) -> tuple[Attempt, dict | None]:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(run_job).options(
+        num_cpus=0, max_retries=0, resources={resource_for(job.target.name): 1},
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+    start = time.monotonic()
+    ref = remote.remote(job.spec, job.models_ref)
+    try:
+        out = ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.RayTaskError as exc:  # the job's own error, raised on the node
+        cause = getattr(exc, "cause", None) or exc
+        reason = cause.message if isinstance(cause, ToolchainError) else one_line(cause)
+        return Attempt(node.label, node.node_id, "failed", time.monotonic() - start, reason), None
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start,
+                       f"no answer within {timeout_s:g} s"), None
+    except ray.exceptions.RayError as exc:  # the node, its worker or the job's objects went away
+        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start, one_line(exc)), None
+    return Attempt(node.label, node.node_id, "ok", time.monotonic() - start), out
+
+
+def _run(job: _Job, result: FleetResult, lock: threading.Lock, progress, on_start, timeout_s) -> None:
+    name = job.target.name
+    tried: set[str] = set()
+    node: NodeRecord | None = job.first
+    tries: list[Attempt] = []
+    while node is not None:
+        tried.add(node.node_id)
+        if progress:
+            progress(f"{name}: job on {node.label}" + (" (retry)" if tries else ""))
+        if on_start:
+            on_start(name, node)
+        attempt, out = _attempt(job, node, timeout_s)
+        tries.append(attempt)
+        if attempt.outcome != "lost" or len(tries) > RETRIES:
+            break
+        others = _candidates(name, tried)
+        if progress:
+            progress(f"{name}: node {node.label} lost ({attempt.reason})"
+                     + (f"; retrying on {others[0].label}" if others else "; no other node offers it"))
+        node = others[0] if others else None
+    with lock:
+        result.attempts[name] = tries
+        last = tries[-1]
+        if last.outcome == "ok" and out is not None:
+            result.measured_on[name] = out["node"]
+            for display, table in out["tables"].items():
+                table["target"]["path"] = str(job.target.path)
+                table["fleet"] = {"attempts": [a.to_dict() for a in tries]}
+                result.tables[(display, name)] = table
+        elif last.outcome == "failed":
+            result.failed[name] = f"on {last.node}: {last.reason}"
+        else:
+            lost = "; ".join(f"{a.node}: {a.reason}" for a in tries)
+            more = "" if len(tries) > RETRIES else " and no other node offers it"
+            result.lost[name] = f"lost{more} ({lost})"
+
+
+def run_on_cluster(address: str, models: list[str | Path], targets: list, options, *, mode: str = "compare",
+                   progress: Callable[[str], None] | None = None,
+                   on_start: Callable[[str, NodeRecord], None] | None = None,
+                   timeout_s: float | None = None) -> FleetResult:
+    """Measure ``models`` on each of ``targets`` on the cluster at ``address`` (see the module's text).
+    ``on_start(target_name, node)`` is called as each attempt is submitted (tests kill nodes from it)."""
+    import ray
+
+    joined = connect(address)
+    try:
+        nodes = cluster_nodes()
+        check_offered(targets, nodes, address)
+        if len({t.name for t in targets}) != len(targets):
+            raise ToolchainError("the same target is given twice")
+        displays = [str(m) for m in models]
+        files = {d: model_files(d) for d in displays}
+        models_ref = ray.put(files)  # once: every job reads the files from the object store
+        data = _data_file(options)
+        result = FleetResult(address=address, nodes=nodes)
+        by_host: dict[str, list[_Job]] = {}
+        for target in targets:
+            spec = JobSpec(target.name, _target_toml(target), options, mode=mode, data_file=data)
+            first = _candidates(target.name, set())[0]
+            by_host.setdefault(first.hostname, []).append(_Job(target, spec, models_ref, first))
+        lock = threading.Lock()
+
+        def serve(jobs: list[_Job]) -> None:
+            for job in jobs:
+                try:
+                    _run(job, result, lock, progress, on_start, timeout_s)
+                except Exception as exc:  # noqa: BLE001 - one target's surprise must not lose the others
+                    with lock:
+                        result.failed[job.target.name] = one_line(exc)
+
+        threads = [threading.Thread(target=serve, args=(jobs,), daemon=True) for jobs in by_host.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return result
+    finally:
+        if joined:
+            disconnect()
