@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 from toolchain.core.errors import ToolchainError
-from toolchain.fleet.resources import NodeRecord, describe_offered, live_nodes, offered, resource_for, targets_in
+from toolchain.fleet.resources import (
+    NodeRecord,
+    describe_offered,
+    live_nodes,
+    offered,
+    resource_for,
+    targets_in,
+)
 from toolchain.fleet.worker import NodeOptions, start_command
 
 ROOT = Path(__file__).resolve().parents[1]
