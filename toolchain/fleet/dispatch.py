@@ -76,6 +76,7 @@ def connect(address: str) -> bool:
         raise ToolchainError("Ray is not installed here", hint="pip install 'toolchain[fleet]'") from None
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, namespace="toolchain", logging_level=logging.ERROR, log_to_driver=False,
                  configure_logging=True)
@@ -84,6 +85,23 @@ def connect(address: str) -> bool:
                              hint="start its head with `toolchain worker --head` (or `ray start --head`) and "
                                   "pass the address it prints") from None
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One line when nothing answers at ``address`` (HOST:PORT): Ray's own client would wait for minutes."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ToolchainError(f"--cluster {address!r}: expected HOST:PORT, the address the head printed "
+                             "(e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ToolchainError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+                             hint="start its head with `toolchain worker --head` (or `ray start --head`), "
+                                  "and check the address and that the port is open") from None
 
 
 def disconnect() -> None:
