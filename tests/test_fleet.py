@@ -106,7 +106,7 @@ def test_a_job_runs_on_a_node_without_ray(mnist_cnn, tmp_path):
                    ProfileOptions(meter="estimate", repeats=2, window_s=0.1, idle_s=0, warmup=1, profile_runs=1))
     out = run_job(spec, {path: model_files(path)})
     table = out["tables"][path]
-    assert table["model"]["path"] == path and table["node"]["onnxruntime"]["distribution"] == "onnxruntime"
+    assert table["model"]["path"] == path and table["host"]["onnxruntime"]["distribution"] == "onnxruntime"
     assert CostTable.from_dict(table).target["name"] == "x86-cpu"
     with pytest.raises(ToolchainError, match="folder"):
         run_job(spec, {path: {"../evil.onnx": b"x"}})

@@ -264,25 +264,27 @@ def test_profile_bad_input(tmp_path):
     assert r.exit_code == 2 and "--meter estimate" in r.output
 
 
-def test_a_model_without_node_map_fails_before_measuring(tmp_path, monkeypatch):
+def test_a_model_without_node_map_profiles_per_onnx_node(tmp_path):
+    """An ONNX file the tool did not export (no node-to-module map; here an unnamed node) is profiled per ONNX
+    node, and says so in costs.json, the CSV, the printed table and the HTML notes."""
     from onnx import save
-
-    import toolchain.profile.run as ep
-
-    def no_measuring(*args, **kwargs):
-        raise AssertionError("measured a model whose layers cannot be named")
-
-    monkeypatch.setattr(ep, "measure", no_measuring)
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g", [x], [y]),
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     save(model, str(tmp_path / "plain.onnx"))
-    r = CliRunner().invoke(main, ["profile", str(tmp_path / "plain.onnx"), "--meter", "estimate", "-o", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "no node-to-module map" in r.output
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["profile", str(tmp_path / "plain.onnx"), "--meter", "estimate", *FAST, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "per-ONNX-node granularity" in r.output and "ONNX node" in r.output
+    table = CostTable.load(out)
+    assert table.granularity == "onnx-node" and [row.module for row in table.rows] == ["Relu_0"]  # as ORT names it
+    assert table.rows[0].module_type == "Relu" and table.rows[0].output_shapes == [[1, 4]]
+    assert json.loads((out / "costs.json").read_text())["granularity"] == "onnx-node"
+    assert {row["granularity"] for row in csv.DictReader(io.StringIO((out / "costs.csv").read_text()))} == {"onnx-node"}
+    assert "per ONNX node" in (out / "energy.html").read_text()
 
 
 def test_transformer_graph_stats_count_every_matmul(tiny_bert):

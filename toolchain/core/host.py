@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
 PACKAGES = ("toolchain", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "transformers",
@@ -104,6 +105,68 @@ def provenance_versions() -> dict[str, str | None]:
     ort = next((found for name in ORT_DISTRIBUTIONS if (found := _version(name))), None)
     return {"toolchain": _version("toolchain"), "onnxruntime": ort, "onnx": _version("onnx"),
             "python": platform.python_version(), "machine": platform.machine()}
+
+
+def onnxruntime_build() -> dict[str, Any]:
+    """The onnxruntime build installed here: its distribution (``onnxruntime``, ``onnxruntime-gpu``,
+    ``onnxruntime-openvino``), version and execution providers (onnxruntime is imported only here)."""
+    for name in ORT_DISTRIBUTIONS:
+        version = _version(name)
+        if version is None:
+            continue
+        try:
+            import onnxruntime
+
+            providers = list(onnxruntime.get_available_providers())
+        except ImportError:
+            providers = []
+        return {"distribution": name, "version": version, "providers": providers}
+    return {"distribution": None, "version": None, "providers": []}
+
+
+def gpu_model() -> str | None:
+    """The first NVIDIA GPU's name (``nvidia-smi``, two seconds at most), or None where there is none."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=2, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return names[0] if out.returncode == 0 and names else None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a figure was measured on: host name, CPU model and its INT8-relevant flags, cores, GPU
+    model, the onnxruntime build, Python (every cost table records it)."""
+    import socket
+
+    cpu = cpu_info()
+    return {"hostname": socket.gethostname(), "cpu": cpu.model,
+            "cpu_flags": [label for label, has in cpu.features.items() if has], "cores": cpu.cores,
+            "gpu": gpu_model(), "onnxruntime": onnxruntime_build(), "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def describe_machine(info: dict[str, Any] | None) -> str:
+    """``host vm, AMD EPYC (AVX2), no GPU, onnxruntime-openvino 1.24.1 (OpenVINO, CPU), Ray node 1a2b3c4d at
+    127.0.0.1``: a :func:`machine_info` (and a Ray node's id and address, when it has them) in one line."""
+    if not info:
+        return "machine not recorded"
+    ort = info.get("onnxruntime") or {}
+    providers = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get("providers") or [])
+    flags = ", ".join(info.get("cpu_flags") or [])
+    parts = [f"host {info.get('hostname')}", f"{info.get('cpu')}" + (f" ({flags})" if flags else ""),
+             f"GPU {info['gpu']}" if info.get("gpu") else "no GPU",
+             f"{ort.get('distribution')} {ort.get('version')}" + (f" ({providers})" if providers else "")]
+    if info.get("node_id"):
+        parts.append(f"Ray node {str(info['node_id'])[:8]} at {info.get('address')}")
+    return ", ".join(parts)
 
 
 def _version(name: str) -> str | None:

@@ -77,9 +77,17 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     _check_reachable(address)
+    import os
+
+    from toolchain.core.fsio import captured_output
+
+    # Ray's C++ core logs warnings to stderr as it connects (e.g. that a machine without internet has no
+    # "external" IP): kept off the terminal (shown at -vv), so a one-line error stays one line
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
-        ray.init(address=address, namespace="toolchain", logging_level=logging.ERROR, log_to_driver=False,
-                 configure_logging=True)
+        with captured_output():
+            ray.init(address=address, namespace="toolchain", logging_level=logging.ERROR, log_to_driver=False,
+                     configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ToolchainError(f"cannot join the Ray cluster at {address}: {one_line(exc)}",
                              hint="start its head with `toolchain worker --head` (or `ray start --head`) and "
@@ -190,8 +198,21 @@ def _attempt(job: _Job, node: NodeRecord, timeout_s: float | None) -> tuple[Atte
         return Attempt(node.label, node.node_id, "lost", time.monotonic() - start,
                        f"no answer within {timeout_s:g} s"), None
     except ray.exceptions.RayError as exc:  # the node, its worker or the job's objects went away
-        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start, one_line(exc)), None
+        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start, _lost_reason(exc)), None
     return Attempt(node.label, node.node_id, "ok", time.monotonic() - start), out
+
+
+# Ray's system errors, in words (their messages run to several lines of advice)
+_LOST = {"NodeDiedError": "the node died mid-job", "WorkerCrashedError": "its worker process died mid-job",
+         "TaskUnschedulableError": "the node is gone", "ObjectLostError": "a model file's object was lost",
+         "OutOfMemoryError": "the node ran out of memory", "LocalRayletDiedError": "this driver's raylet died"}
+
+
+def _lost_reason(exc: BaseException) -> str:
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _LOST:
+            return f"{_LOST[cls.__name__]} ({cls.__name__})"
+    return one_line(exc)
 
 
 def _run(job: _Job, result: FleetResult, lock: threading.Lock, progress, on_start, timeout_s) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ class LocalCluster:
     port: int = field(default_factory=free_port)
     nodes: list[LocalNode] = field(default_factory=list)
     stopped_pids: set[int] = field(default_factory=set)  # every process of the nodes when stop() began
+    # Ray's session folder: short, as its Unix socket paths must fit in 107 bytes; removed by stop()
+    ray_dir: Path | None = None
 
     @property
     def address(self) -> str:
@@ -107,6 +110,7 @@ class LocalCluster:
             raise ToolchainError("the local cluster runs only in a network namespace with loopback alone",
                                  hint="run it under `unshare -n` (root) after `ip link set lo up`")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ray_dir = Path(tempfile.mkdtemp(prefix="tc-ray-"))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -134,19 +138,36 @@ class LocalCluster:
 
     def start_head(self, targets: tuple[str, ...] = (), python: str = sys.executable) -> LocalNode:
         return self._start("head", targets, python, ["--head", f"--port={self.port}", "--num-cpus=1",
-                                                     f"--temp-dir={self.workdir / 'ray'}"])
+                                                     f"--temp-dir={self.ray_dir}"])
 
-    def add_worker(self, name: str, targets: tuple[str, ...], python: str = sys.executable) -> LocalNode:
-        return self._start(name, targets, python, [f"--address={self.address}", "--num-cpus=1"])
+    def add_worker(self, name: str, targets: tuple[str, ...], python: str = sys.executable,
+                   timeout_s: float = 120.0) -> LocalNode:
+        """Start a worker node and wait until it is up (this process must be connected as a driver). Ray gives
+        a node 30 s to register, which a loaded 2-core machine can miss: a node that exits while starting is
+        started once more."""
+        import ray
 
-    def wait_for(self, count: int, timeout_s: float = 120.0) -> list[dict]:
+        before = sum(1 for n in ray.nodes() if n.get("Alive"))
+        for attempt in range(2):
+            node = self._start(name, targets, python, [f"--address={self.address}", "--num-cpus=1"])
+            try:
+                self.wait_for(before + 1, timeout_s, only=node)
+                return node
+            except ToolchainError:
+                if node.alive or attempt == 1:
+                    raise
+                self.nodes.remove(node)
+        raise AssertionError("unreachable")
+
+    def wait_for(self, count: int, timeout_s: float = 120.0, only: LocalNode | None = None) -> list[dict]:
         """Wait until ``count`` nodes are alive (this process must be connected as a driver); each started
-        node gets its Ray node id, matched by its targets. A node that exits first fails with its log."""
+        node gets its Ray node id, matched by its targets. A node (``only``: that one) that exits first
+        fails with its log."""
         import ray
 
         deadline = time.monotonic() + timeout_s
         while True:
-            for node in self.nodes:
+            for node in [only] if only else self.nodes:
                 if not node.alive and node.node_id is None:
                     tail = node.log.read_text(errors="replace")[-1500:]
                     raise ToolchainError(f"node {node.name} exited with {node.process.returncode}: {tail}")
@@ -226,6 +247,8 @@ class LocalCluster:
         end = time.monotonic() + 10
         while self.leftover_pids() and time.monotonic() < end:
             time.sleep(0.2)
+        if self.ray_dir is not None:
+            shutil.rmtree(self.ray_dir, ignore_errors=True)
 
     def leftover_pids(self) -> list[int]:
         """Processes of the nodes still running (not zombies): in a node's process group, or seen under a

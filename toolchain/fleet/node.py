@@ -7,10 +7,6 @@ what the figures come from; nothing here imports torch."""
 from __future__ import annotations
 
 import os
-import platform
-import shutil
-import socket
-import subprocess
 import tempfile
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -32,51 +28,14 @@ class JobSpec:
     data_file: tuple[str, bytes] | None = None
 
 
-def _ort_build() -> dict[str, Any]:
-    from toolchain.core.host import ORT_DISTRIBUTIONS
-
-    for name in ORT_DISTRIBUTIONS:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        try:
-            import onnxruntime
-
-            providers = list(onnxruntime.get_available_providers())
-        except ImportError:
-            providers = []
-        return {"distribution": name, "version": version, "providers": providers}
-    return {"distribution": None, "version": None, "providers": []}
-
-
-def _gpu_model() -> str | None:
-    """The first NVIDIA GPU's name (nvidia-smi, two seconds at most), or None where there is none."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=2, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-    return names[0] if out.returncode == 0 and names else None
-
-
 def node_info() -> dict[str, Any]:
     """This node's provenance: host name, CPU model and the flags that matter, GPU model, onnxruntime build
     (distribution, version, providers), Python, toolchain and Ray versions, and its Ray node id and address
     when it runs inside a Ray worker."""
-    from toolchain.core.host import cpu_info
+    from toolchain.core.host import machine_info
 
-    cpu = cpu_info()
-    info: dict[str, Any] = {
-        "hostname": socket.gethostname(), "cpu": cpu.model, "cpu_flags": [f for f, has in cpu.features.items() if has],
-        "cores": cpu.cores, "gpu": _gpu_model(), "onnxruntime": _ort_build(),
-        "python": platform.python_version(), "machine": platform.machine(),
-        "toolchain": _version("toolchain"), "ray": _version("ray"), "pid": os.getpid(),
-    }
+    info: dict[str, Any] = {**machine_info(), "toolchain": _version("toolchain"), "ray": _version("ray"),
+                            "pid": os.getpid()}
     try:
         import ray
 
@@ -143,6 +102,6 @@ def run_job(spec: JobSpec, models: dict[str, dict[str, bytes]]) -> dict[str, Any
         for display, table in tables.items():
             data = table.to_dict()
             data["model"]["path"] = display
-            data["node"] = info
+            data["host"] = {**data.get("host", {}), **info}
             out[display] = data
     return {"node": info, "tables": out}

@@ -7,35 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from toolchain.core.errors import ToolchainError
+from toolchain.core.host import describe_machine
 from toolchain.fleet.dispatch import FleetResult
-
-
-def node_line(info: dict[str, Any] | None) -> str:
-    """``host vm, AMD EPYC (AVX2), no GPU, onnxruntime-openvino 1.24.1 (OpenVINO, CPU), Ray node 1a2b3c4d at
-    127.0.0.1``: one node's provenance."""
-    if not info:
-        return "node unknown"
-    ort = info.get("onnxruntime") or {}
-    providers = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get("providers") or [])
-    flags = ", ".join(info.get("cpu_flags") or [])
-    parts = [f"host {info.get('hostname')}", f"{info.get('cpu')}" + (f" ({flags})" if flags else ""),
-             f"GPU {info['gpu']}" if info.get("gpu") else "no GPU",
-             f"{ort.get('distribution')} {ort.get('version')}" + (f" ({providers})" if providers else "")]
-    if info.get("node_id"):
-        parts.append(f"Ray node {str(info['node_id'])[:8]} at {info.get('address')}")
-    return ", ".join(parts)
 
 
 def tables_of(result: FleetResult) -> dict[tuple[str, str], Any]:
     """(model, target) -> :class:`~toolchain.formats.costs.CostTable` of every job that came back, each
-    checked as a table read from disk would be, with the node it was measured on."""
+    checked as a table read from disk would be (its ``host`` names the node it was measured on)."""
     from toolchain.formats.costs import CostTable
 
     out = {}
     for (model, target), data in result.tables.items():
-        table = CostTable.from_dict(data, f"{model} @ {target} from the cluster")
-        table.node = data.get("node")
-        out[(model, target)] = table
+        out[(model, target)] = CostTable.from_dict(data, f"{model} @ {target} from the cluster")
     return out
 
 
@@ -57,8 +40,8 @@ def annotate(data_out: dict[str, Any], result: FleetResult) -> dict[str, Any]:
     """``compare --json``'s document with the cluster's part: each column's node and attempts, and the
     cluster (address, nodes, attempts, lost and failed targets)."""
     for column in data_out.get("columns", []):
-        column["node"] = result.measured_on.get(column["target"])
-        column["node_line"] = node_line(column["node"])
+        column["node"] = column.get("host")
+        column["node_line"] = describe_machine(column.get("host"))
         column["attempts"] = [a.to_dict() for a in result.attempts.get(column["target"], [])]
     data_out["cluster"] = result.cluster_dict()
     return data_out

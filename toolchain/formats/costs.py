@@ -1,26 +1,35 @@
-"""Per-layer cost tables: where a model's time and energy go on a target, per PyTorch module.
+"""Per-layer cost tables: where a model's time and energy go on a target, per PyTorch module or, for a
+model without the export's node-to-module map, per ONNX node.
 
-Per-node kernel times come from a separate ORT profiler run (:mod:`toolchain.profile.trace`); they are
-mapped to modules through the node-to-module map the export stored in the model. Energy is attributed
-with the ``time-share`` method: the measured net (active) energy per inference times each layer's share
-of the profiled kernel time. MACs, parameters and bytes moved come from the ONNX graph with shapes
-inferred at the profiled input shapes.
+Per-node kernel times (a separate ORT profiler run, :mod:`toolchain.profile.trace`) are mapped to modules
+through the node-to-module map the export stored (``granularity`` "module"), or else to the file's ONNX
+nodes (``granularity`` "onnx-node": ``module`` holds the node's name, ``module_type`` its op type). A
+subgraph an execution provider compiled into one kernel (OpenVINO, TensorRT) is one row, ``fused_by`` set,
+``note`` saying which ONNX nodes it covers when that is known. Energy is split by the ``time-share``
+method: net energy per inference x each row's share of the profiled kernel time. MACs, parameters and
+bytes moved come from the ONNX graph with shapes inferred at the profiled input shapes.
 
-On disk (schema ``toolchain.cost-table`` v1) ``measurement`` is the nested dict that
-:meth:`toolchain.profile.measure.Measurement.to_dict` writes (less its ``windows``, plus ``gco2e_per_1000``).
-It is kept as is, so that :meth:`CostTable.to_json` writes it back byte for byte; read it through
-:attr:`CostTable.measured`, a :class:`MeasurementRecord` of frozen dataclasses whose attributes are the
-dict's keys::
+Schema ``toolchain.cost-table`` v2 (v1 tables are upgraded on load, :func:`upgrade_v1`):
 
-    table.measured.joules_per_inference.net.cv_pct   # measurement["joules_per_inference"]["net"]["cv_pct"]
-    table.measured.latency_ms.median_ms              # measurement["latency_ms"]["median_ms"]
+* ``measurement.batch`` samples per call; every energy figure (``joules_per_inference``, ``gco2e_per_1000``,
+  the rows' ``energy_j_*``) is per inference, one *sample*: a call's joules / batch
+  (``measurement.per_inference == "sample"``). ``latency_ms`` and the rows' ``latency_ms_*`` are per *call*
+  (one batch); ``latency_ms_per_sample`` is per call / batch. v1 figures were all per call.
+* ``granularity``: "module" or "onnx-node" (v1: always "module").
+* ``measurement.windows`` is kept, each with ``other_cpu_share`` (other processes' share of all CPUs during
+  the window, None: not checked), and ``measurement.cpu_load`` sums the check up.
 
-The records are lenient readers: a key that is missing (an older or partial table, a comparison column)
-reads as None (an empty tuple for lists), values are not converted, so callers decide what n/a means.
+``measurement`` is the dict :meth:`toolchain.profile.measure.Measurement.to_dict` writes (plus
+``gco2e_per_1000``), kept as is so that :meth:`CostTable.to_json` writes it back byte for byte; read it
+through :attr:`CostTable.measured`, frozen records whose attributes are the dict's keys
+(``table.measured.latency_ms.median_ms`` is ``measurement["latency_ms"]["median_ms"]``). They read
+leniently: a missing key (an older or partial table, a comparison column) is None (``()`` for lists),
+values are not converted, so callers decide what n/a means.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -32,186 +41,36 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.core.errors import ToolchainError
+from toolchain.formats.measurement import (  # noqa: F401 - re-exported: the records are part of this format
+    CarbonStat,
+    CpuLoad,
+    EnergyStat,
+    IdleBaseline,
+    LatencyStat,
+    MeasurementRecord,
+    MeterInfo,
+    NetGross,
+    WindowRecord,
+)
 
 SCHEMA = "toolchain.cost-table"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METHOD = "time-share"
 UNMAPPED = "(unmapped)"
+MODULE, ONNX_NODE = "module", "onnx-node"  # the two granularities
 CSV_COLUMNS = ["rank", "module", "module_type", "onnx_nodes", "kernels", "op_types", "latency_ms_mean", "latency_ms_std",
                "share", "energy_j_mean", "energy_j_std", "energy_kind", "macs", "params", "bytes_moved",
+               "fused_by", "note", "input_shapes", "output_shapes", "granularity", "batch",
                "model_sha256", "target", "meter", "method", "repeats", "schema_version"]
-
-
-# ----------------------------------------------------------------------------------- typed measurement records
-
-def _obj(data: Any, key: str) -> Mapping[str, Any]:
-    """``data[key]`` when both are mappings, else an empty mapping (missing or malformed reads as absent)."""
-    value = data.get(key) if isinstance(data, Mapping) else None
-    return value if isinstance(value, Mapping) else {}
-
-
-def _pair(value: Any) -> tuple[Any, Any] | None:
-    """A two-value interval (JSON list or in-memory tuple) as a tuple, else None."""
-    return (value[0], value[1]) if isinstance(value, list | tuple) and len(value) == 2 else None
-
-
-def _blank(value: Any) -> Any:
-    return "" if value is None else value
-
-
-def _seq(value: Any) -> tuple[Any, ...]:
-    return tuple(value) if isinstance(value, list | tuple) else ()
-
-
-@dataclass(frozen=True)
-class EnergyStat:
-    """``{mean, std, ci95, n, cv_pct}`` over the windows (:meth:`toolchain.core.stats.Summary.to_dict`):
-    joules per inference or watts."""
-
-    mean: float | None = None
-    std: float | None = None
-    ci95: tuple[float, float] | None = None
-    n: int | None = None
-    cv_pct: float | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EnergyStat:
-        return cls(d.get("mean"), d.get("std"), _pair(d.get("ci95")), d.get("n"), d.get("cv_pct"))
-
-
-@dataclass(frozen=True)
-class LatencyStat:
-    """``{median_ms, mean_ms, std_ms, p10_ms, p90_ms, ci95_ms, runs}`` of the calls timed inside the windows
-    (:meth:`toolchain.core.stats.Summary.to_latency_dict`)."""
-
-    median_ms: float | None = None
-    mean_ms: float | None = None
-    std_ms: float | None = None
-    p10_ms: float | None = None
-    p90_ms: float | None = None
-    ci95_ms: tuple[float, float] | None = None
-    runs: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LatencyStat:
-        return cls(d.get("median_ms"), d.get("mean_ms"), d.get("std_ms"), d.get("p10_ms"), d.get("p90_ms"),
-                   _pair(d.get("ci95_ms")), d.get("runs"))
-
-
-@dataclass(frozen=True)
-class NetGross:
-    """``{net, gross, kind}``: a figure net of the idle baseline and as the meter read it (``kind``:
-    "measured" or "estimated"); the shape of ``joules_per_inference`` and ``watts``."""
-
-    net: EnergyStat = field(default_factory=EnergyStat)
-    gross: EnergyStat = field(default_factory=EnergyStat)
-    kind: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> NetGross:
-        return cls(EnergyStat.from_dict(_obj(d, "net")), EnergyStat.from_dict(_obj(d, "gross")), d.get("kind"))
-
-
-@dataclass(frozen=True)
-class CarbonStat:
-    """``gco2e_per_1000``: gCO2e per 1,000 inferences at ``intensity_g_per_kwh`` (:func:`grams_co2e_per_1000`)."""
-
-    mean: float | None = None
-    ci95: tuple[float, float] | None = None
-    kind: str | None = None
-    intensity_g_per_kwh: float | None = None
-    intensity_source: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CarbonStat:
-        return cls(d.get("mean"), _pair(d.get("ci95")), d.get("kind"), d.get("intensity_g_per_kwh"),
-                   d.get("intensity_source"))
-
-
-@dataclass(frozen=True)
-class MeterInfo:
-    """The meter: ``name``, ``kind`` ("measured"/"estimated"), ``source``; the table's top-level ``meter``
-    also has ``idle_watts``."""
-
-    name: str | None = None
-    kind: str | None = None
-    source: str | None = None
-    idle_watts: float | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MeterInfo:
-        return cls(d.get("name"), d.get("kind"), d.get("source"), d.get("idle_watts"))
-
-
-@dataclass(frozen=True)
-class IdleBaseline:
-    """``idle_baseline``: the meter's watts over ``seconds`` of idling, subtracted to give net figures."""
-
-    watts: float | None = None
-    seconds: float | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> IdleBaseline:
-        return cls(d.get("watts"), d.get("seconds"))
-
-
-@dataclass(frozen=True)
-class WindowRecord:
-    """One measured window (:class:`toolchain.profile.measure.Window`); cost tables do not keep them."""
-
-    inferences: int | None = None
-    seconds: float | None = None
-    gross_j: float | None = None
-    net_j: float | None = None
-    domains: Mapping[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WindowRecord:
-        return cls(d.get("inferences"), d.get("seconds"), d.get("gross_j"), d.get("net_j"), dict(_obj(d, "domains")))
-
-
-@dataclass(frozen=True)
-class MeasurementRecord:
-    """A cost table's ``measurement`` (also a comparison column's, which carries the same keys) as typed
-    records. Energy figures are per inference (one call at ``batch``)."""
-
-    label: str | None = None
-    batch: int | None = None
-    meter: MeterInfo = field(default_factory=MeterInfo)
-    idle_baseline: IdleBaseline = field(default_factory=IdleBaseline)
-    repeats: int | None = None
-    inferences_per_window: tuple[int, ...] = ()
-    latency_ms: LatencyStat = field(default_factory=LatencyStat)
-    joules_per_inference: NetGross = field(default_factory=NetGross)
-    watts: NetGross = field(default_factory=NetGross)
-    gco2e_per_1000: CarbonStat = field(default_factory=CarbonStat)
-    windows: tuple[WindowRecord, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @property
-    def kind(self) -> str | None:
-        """The energy's kind, "measured" or "estimated": the meter's, else the energy figures'."""
-        return self.meter.kind or self.joules_per_inference.kind
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> MeasurementRecord:
-        """Read ``d`` leniently: what is missing or not of its shape reads as absent."""
-        if not isinstance(d, Mapping):
-            d = {}
-        return cls(label=d.get("label"), batch=d.get("batch"), meter=MeterInfo.from_dict(_obj(d, "meter")),
-                   idle_baseline=IdleBaseline.from_dict(_obj(d, "idle_baseline")), repeats=d.get("repeats"),
-                   inferences_per_window=_seq(d.get("inferences_per_window")),
-                   latency_ms=LatencyStat.from_dict(_obj(d, "latency_ms")),
-                   joules_per_inference=NetGross.from_dict(_obj(d, "joules_per_inference")),
-                   watts=NetGross.from_dict(_obj(d, "watts")),
-                   gco2e_per_1000=CarbonStat.from_dict(_obj(d, "gco2e_per_1000")),
-                   windows=tuple(WindowRecord.from_dict(w) for w in _seq(d.get("windows")) if isinstance(w, Mapping)),
-                   notes=tuple(str(n) for n in _seq(d.get("notes"))))
 
 
 @dataclass
 class LayerCost:
-    """One row: a PyTorch module and what its ONNX nodes cost per inference on the target."""
+    """One row: a PyTorch module (or, at ``onnx-node`` granularity, an ONNX node: ``module`` its name,
+    ``module_type`` its op type) and what its kernels cost on the target: latency per call, energy per
+    inference (one sample). ``fused_by``: the execution provider that ran it as one compiled subgraph
+    ("OpenVINO"), with ``note`` saying which ONNX nodes it covers if known; ``input_shapes`` and
+    ``output_shapes`` at the profiled shapes (node rows and fused rows; None for an unknown shape)."""
 
     module: str
     module_type: str
@@ -226,6 +85,10 @@ class LayerCost:
     macs: int
     params: int
     bytes_moved: int
+    fused_by: str = ""
+    note: str = ""
+    input_shapes: list[list[int] | None] = field(default_factory=list)
+    output_shapes: list[list[int] | None] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -243,6 +106,8 @@ class CostTable:
     profile: dict[str, Any]
     rows: list[LayerCost]
     versions: dict[str, Any]
+    granularity: str = MODULE
+    host: dict[str, Any] = field(default_factory=dict)  # core.host.machine_info(), + the Ray node on a cluster
     method: str = METHOD
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -282,28 +147,35 @@ class CostTable:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(CSV_COLUMNS)
+        m = self.measured
+        shapes = lambda v: " ".join("x".join(map(str, d)) if d is not None else "?" for d in v)  # noqa: E731
         for rank, r in enumerate(self.rows, 1):
             writer.writerow([rank, r.label, r.module_type, " ".join(r.onnx_nodes), r.kernels, " ".join(r.op_types),
                              f"{r.latency_ms_mean:.6g}", f"{r.latency_ms_std:.6g}", f"{r.share:.6g}",
                              f"{r.energy_j_mean:.6g}", f"{r.energy_j_std:.6g}", self.energy_kind, r.macs, r.params,
-                             r.bytes_moved, self.model.get("sha256", ""), self.target.get("name", ""),
-                             self.meter.get("name", ""), self.method, _blank(self.measured.repeats),
-                             self.schema_version])
+                             r.bytes_moved, r.fused_by, r.note, shapes(r.input_shapes), shapes(r.output_shapes),
+                             self.granularity, "" if m.batch is None else m.batch, self.model.get("sha256", ""),
+                             self.target.get("name", ""), self.meter.get("name", ""), self.method,
+                             "" if m.repeats is None else m.repeats, self.schema_version])
         return buf.getvalue()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "cost table") -> CostTable:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ToolchainError(f"{source}: not a toolchain cost table (schema {data.get('schema') if isinstance(data, dict) else None!r})")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in (1, SCHEMA_VERSION):
             raise ToolchainError(f"{source}: cost-table schema version {data.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}", hint="profile the model again with this toolchain")
         try:
+            if data["schema_version"] == 1:
+                data = upgrade_v1(data)
             rows = [LayerCost(**r) for r in data["rows"]]
             table = cls(model=data["model"], target=data["target"], meter=data["meter"],
                         measurement=data["measurement"], profile=data["profile"], rows=rows,
-                        versions=data["versions"], method=data["method"], created=data["created"])
-        except (KeyError, TypeError) as exc:
+                        versions=data["versions"], granularity=data.get("granularity", MODULE),
+                        host=data.get("host") or {},
+                        method=data["method"], created=data["created"])
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ToolchainError(f"{source}: malformed cost table ({exc})") from None
         table.validate(source)
         return table
@@ -316,6 +188,9 @@ class CostTable:
         if not isinstance(self.model, dict) or not isinstance(self.target, dict) or not isinstance(self.meter, dict) \
                 or not isinstance(self.measurement, dict):
             raise ToolchainError(f"{source}: malformed cost table (model, target, meter and measurement must be objects)")
+        if self.granularity not in (MODULE, ONNX_NODE):
+            raise ToolchainError(f"{source}: malformed cost table (granularity {self.granularity!r} is neither "
+                                 f"{MODULE!r} nor {ONNX_NODE!r})")
         name = self.target.get("name")
         if not isinstance(name, str) or not name:
             raise ToolchainError(f"{source}: malformed cost table (no target name): it cannot be checked against "
@@ -377,6 +252,30 @@ def _check_tree(value: Any, where: str, source: str, signed: bool = False) -> No
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_tree(item, f"{where}[{i}]", source, signed)
+
+
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1 table (a copy) as v2: its energy figures were per call of ``measurement.batch`` samples, so the
+    per-inference ones (net and gross J, gCO2e, the rows' energy) are divided by the batch; every v1 table
+    is per module. A note in ``measurement.notes`` says so."""
+    data = copy.deepcopy(data)
+    m = data["measurement"]
+    batch = m.get("batch") or 1
+
+    def scale(d: Any, keys: tuple[str, ...]) -> None:
+        for k in keys if isinstance(d, dict) else ():
+            if _is_number(d.get(k)) or isinstance(d.get(k), list):
+                d[k] = [x / batch for x in d[k]] if isinstance(d[k], list) else d[k] / batch
+
+    for side in ("net", "gross"):
+        scale((m.get("joules_per_inference") or {}).get(side), ("mean", "std", "ci95"))
+    scale(m.get("gco2e_per_1000"), ("mean", "ci95"))
+    for row in data["rows"]:
+        scale(row, ("energy_j_mean", "energy_j_std"))
+    m["per_inference"] = "sample"
+    m["notes"] = [*m.get("notes", []), f"read from a v1 cost table: energy per call of batch {batch}, divided by "
+                  f"{batch} to give energy per inference (one sample)"]
+    return {**data, "schema_version": SCHEMA_VERSION, "granularity": MODULE}
 
 
 def grams_co2e_per_1000(joules_per_inference: float, g_per_kwh: float) -> float:

@@ -4,6 +4,14 @@ meter read) and net (minus the idle baseline's power over the same time); per-ca
 inside the windows. Comparisons interleave candidates window by window so that drift (thermal, other
 load) hits every candidate alike. The ORT profiler is never on during these windows.
 
+Batches: one call runs ``batch`` samples. Energy figures (``joules``, ``gross_joules``) are per sample, one
+inference: a call's joules / ``batch``; latency stays per call (``latency``), with ``latency_per_sample``
+beside it. Watts do not depend on the batch.
+
+Other load: each window (and the idle baseline) records what share of all CPUs other processes used
+during it (:mod:`toolchain.core.cpuload`, None where ``/proc/stat`` is absent: not checked); a window over
+:data:`~toolchain.core.cpuload.OTHER_LOAD_WARN` adds a note saying its figures may be inflated.
+
 A window that read below the idle baseline has its net energy clamped to 0, with a note saying by how
 much; a candidate whose every window is clamped (on a measured meter) raises :class:`ToolchainError`:
 its net figure would be 0 J, which says only that the idle baseline is unreliable. A window a counter
@@ -17,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from toolchain.core.cpuload import MIN_CHECK_S, OTHER_LOAD_WARN, CpuLoadProbe, load_warning, other_share
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.stats import Summary
 from toolchain.energy import CounterResetError, EnergyReading, Meter, WindowTooShortError
@@ -25,20 +34,23 @@ from toolchain.runtime.timing import seconds_per_call, time_calls
 
 @dataclass(frozen=True)
 class Window:
-    """One measured window: ``inferences`` calls in ``seconds``; ``gross_j`` as read, ``net_j`` minus the
-    idle baseline (never below zero: clamped, with a note in the measurement)."""
+    """One measured window: ``inferences`` calls (of one batch each) in ``seconds``; ``gross_j`` as read,
+    ``net_j`` minus the idle baseline (never below zero: clamped, with a note in the measurement), both for
+    the whole window; ``other_cpu_share``: other processes' share of all CPUs meanwhile (None: not checked)."""
 
     inferences: int
     seconds: float
     gross_j: float
     net_j: float
     domains: dict[str, float]
+    other_cpu_share: float | None = None
 
 
 @dataclass
 class Measurement:
-    """Latency and energy of one candidate on one meter. Energy figures are per inference (one call of
-    the model at the measured batch size). ``measured`` is False when the meter is an estimate."""
+    """Latency and energy of one candidate on one meter. Energy figures are per inference, one sample (a
+    call's joules / ``batch``); latency is per call. ``measured`` is False when the meter is an estimate.
+    ``cpus``: how many CPUs the load check saw (None: not checked)."""
 
     label: str
     meter: str
@@ -50,6 +62,8 @@ class Measurement:
     latency: Summary
     batch: int = 1
     notes: list[str] = field(default_factory=list)
+    idle_other_cpu_share: float | None = None
+    cpus: int | None = None
 
     @property
     def kind(self) -> str:
@@ -57,12 +71,28 @@ class Measurement:
 
     @property
     def joules(self) -> Summary:
-        """Net (active) joules per inference: the idle baseline's power is subtracted."""
-        return Summary.of([w.net_j / w.inferences for w in self.windows])
+        """Net (active) joules per inference (one sample: a call's / ``batch``); idle power subtracted."""
+        return Summary.of([w.net_j / (w.inferences * self.batch) for w in self.windows])
 
     @property
     def gross_joules(self) -> Summary:
-        return Summary.of([w.gross_j / w.inferences for w in self.windows])
+        return Summary.of([w.gross_j / (w.inferences * self.batch) for w in self.windows])
+
+    @property
+    def latency_per_sample(self) -> Summary:
+        """Per-call latency / ``batch`` (ms)."""
+        return self.latency.scaled(1 / self.batch)
+
+    def cpu_load(self) -> dict:
+        """The load check: whether it ran (on any window), the CPUs it saw, the largest other-process share
+        of a window, the threshold, and the windows over it and those not checked (1-based)."""
+        shares = [w.other_cpu_share for w in self.windows]
+        known = [s for s in shares if s is not None]
+        return {"checked": bool(known), "source": load_source(self.cpus, len(known), len(shares)),
+                "cpus": self.cpus, "max_other_share": max(known) if known else None, "threshold": OTHER_LOAD_WARN,
+                "windows_over": [i for i, s in enumerate(shares, 1) if s is not None and s > OTHER_LOAD_WARN],
+                "windows_not_checked": [i for i, s in enumerate(shares, 1) if s is None],
+                "idle_other_share": self.idle_other_cpu_share}
 
     @property
     def watts(self) -> Summary:
@@ -75,29 +105,45 @@ class Measurement:
 
     def to_dict(self) -> dict:
         return {
-            "label": self.label, "batch": self.batch,
+            "label": self.label, "batch": self.batch, "per_inference": "sample",
             "meter": {"name": self.meter, "kind": self.kind, "source": self.source},
-            "idle_baseline": {"watts": self.idle_watts, "seconds": self.idle_seconds},
+            "idle_baseline": {"watts": self.idle_watts, "seconds": self.idle_seconds,
+                              "other_cpu_share": self.idle_other_cpu_share},
             "repeats": len(self.windows), "inferences_per_window": [w.inferences for w in self.windows],
             "latency_ms": self.latency.to_latency_dict(),
+            "latency_ms_per_sample": self.latency_per_sample.to_latency_dict(),
             "joules_per_inference": {"net": self.joules.to_dict(), "gross": self.gross_joules.to_dict(),
                                      "kind": self.kind},
             "watts": {"gross": self.watts.to_dict(), "net": self.net_watts.to_dict(), "kind": self.kind},
-            "windows": [asdict(w) for w in self.windows], "notes": self.notes,
+            "cpu_load": self.cpu_load(), "windows": [asdict(w) for w in self.windows], "notes": self.notes,
         }
 
 
-def idle_baseline(meter: Meter, seconds: float) -> float:
-    """Watts the meter reads while this process sleeps for ``seconds`` (0 when ``seconds`` is 0)."""
+def load_source(cpus: int | None, checked: int, windows: int) -> str:
+    """How the load check went, in words."""
+    if cpus is None:
+        return "not checked (/proc/stat not readable)"
+    if not checked:
+        return f"not checked: every window was under {MIN_CHECK_S:g} s (the kernel counts CPU time in ticks)"
+    short = "" if checked == windows else (f"; {windows - checked} of {windows} windows not checked (under "
+                                           f"{MIN_CHECK_S:g} s: the kernel counts CPU time in ticks)")
+    return "/proc/stat and this process's CPU time" + short
+
+
+def idle_baseline(meter: Meter, seconds: float, cpu: CpuLoadProbe | None = None) -> tuple[float, float | None]:
+    """Watts the meter reads while this process sleeps for ``seconds`` (0 when ``seconds`` is 0), and
+    other processes' share of all CPUs meanwhile (None: not checked, or no baseline)."""
     if seconds <= 0:
-        return 0.0
+        return 0.0, None
     seconds = max(seconds, 2 * meter.min_window_s)
     resets = 0
     for attempt in range(3):
+        start = cpu.read() if cpu else None
         token = meter.begin()
         time.sleep(seconds)
         try:
-            return meter.end(token).watts
+            watts = meter.end(token).watts
+            return watts, (other_share(start, cpu.read()) if cpu and start else None)
         except WindowTooShortError:
             if attempt == 2:
                 raise
@@ -109,10 +155,14 @@ def idle_baseline(meter: Meter, seconds: float) -> float:
     raise AssertionError("unreachable")
 
 
-def _window(meter: Meter, fn: Callable[[], object], n: int, samples: list[float]) -> EnergyReading:
+def _window(meter: Meter, fn: Callable[[], object], n: int, samples: list[float],
+            cpu: CpuLoadProbe) -> tuple[EnergyReading, float | None, int | None]:
+    start = cpu.read()
     token = meter.begin()
     time_calls(fn, n, samples)
-    return meter.end(token)
+    reading = meter.end(token)
+    end = cpu.read()
+    return reading, other_share(start, end), end.cpus
 
 
 def _net(reading: EnergyReading, idle_w: float, where: str, notes: list[str]) -> float:
@@ -148,12 +198,15 @@ def _check_not_all_idle(name: str, meter: Meter, windows: list[Window], idle_w: 
 
 def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeats: int = 5,
             window_s: float = 1.0, warmup: int = 3, idle_s: float = 2.0, batch: int = 1,
-            progress: Callable[[str], None] | None = None) -> dict[str, Measurement]:
-    """Measure each callable (one inference per call) on ``meter``: an idle baseline of ``idle_s`` seconds,
-    ``warmup`` untimed calls each, then ``repeats`` windows per candidate, interleaved (A B A B ...).
+            progress: Callable[[str], None] | None = None,
+            cpu: CpuLoadProbe | None = None) -> dict[str, Measurement]:
+    """Measure each callable (one call runs one batch of ``batch`` samples) on ``meter``: an idle baseline
+    of ``idle_s`` seconds, ``warmup`` untimed calls each, then ``repeats`` windows per candidate,
+    interleaved (A B A B ...).
 
     Each candidate's window holds enough calls to last ``window_s`` seconds (at least ten times the
-    meter's resolution); a window the meter cannot resolve is grown and measured again."""
+    meter's resolution); a window the meter cannot resolve is grown and measured again. ``cpu`` reads the
+    machine's load at both ends of every window (default: this machine's ``/proc/stat``)."""
     if repeats < 2:
         raise ToolchainError(f"{option('--repeats', 'repeats')} must be at least 2 (a spread needs two windows)")
     if not candidates:
@@ -162,7 +215,9 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
     # idle first: after a run, ONNX Runtime's thread pool spins for a while and would inflate the baseline
     if progress and idle_s > 0:
         progress(f"idle baseline ({idle_s:g} s)")
-    idle_w = idle_baseline(meter, idle_s)
+    cpu = cpu or CpuLoadProbe()
+    idle_w, idle_share = idle_baseline(meter, idle_s, cpu)
+    cpus: int | None = None
     sizes: dict[str, int] = {}
     for name, fn in candidates.items():
         for _ in range(warmup):
@@ -179,7 +234,7 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
             grown = resets = 0
             while True:
                 try:
-                    reading = _window(meter, fn, sizes[name], latencies[name])
+                    reading, share, cpus = _window(meter, fn, sizes[name], latencies[name], cpu)
                     break
                 except WindowTooShortError as exc:
                     grown += 1
@@ -193,9 +248,16 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
                         raise
                     notes[name].append(f"window {r + 1} measured again: {exc.message}")
             net = _net(reading, idle_w, f"window {r + 1}/{repeats}", notes[name])
-            windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules)))
+            windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules),
+                                        share))
+            warning = load_warning(f"window {r + 1}/{repeats}", share, cpus)
+            if warning:
+                notes[name].append(warning)
     for name in candidates:
         _check_not_all_idle(name, meter, windows[name], idle_w, idle_s)
+        if idle_share is not None and idle_share > OTHER_LOAD_WARN:
+            notes[name].append(f"idle baseline: other processes used {idle_share:.0%} of the {cpus} CPUs (over "
+                               f"{OTHER_LOAD_WARN:.0%}): the baseline may be inflated and net figures too low")
     return {name: Measurement(name, meter.name, meter.measured, meter.source, idle_w, idle_s, windows[name],
-                              Summary.of_seconds(latencies[name]), batch, notes[name])
+                              Summary.of_seconds(latencies[name]), batch, notes[name], idle_share, cpus)
             for name in candidates}

@@ -1,12 +1,13 @@
 """Profiling a model on a target: measured latency and energy (no profiler on), a separate profiled run
 for the per-layer split, and the cost table; and comparisons of models across targets.
 
-Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline) call these functions.
+Both ``toolchain profile`` and ``toolchain compare`` (and the pipeline, and fleet workers) call these
+functions. Any ONNX file profiles: with the node-to-module map ``toolchain export`` stores, per module;
+without it, per ONNX node (the table's ``granularity`` says which).
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from toolchain.core.errors import MeterUnavailableError, ToolchainError, option
-from toolchain.core.host import provenance_versions
-from toolchain.energy import Meter, MeterOptions, open_meter
+from toolchain.core.host import machine_info, provenance_versions
+from toolchain.energy import Meter, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import attribute
-from toolchain.profile.limits import (
+from toolchain.profile.deltas import alignment, layer_deltas
+from toolchain.profile.limits import (  # noqa: F401 - re-exported beside ProfileOptions, which checks them
     MAX_BATCH,
     MAX_IDLE_S,
     MAX_PROFILE_RUNS,
@@ -32,59 +34,9 @@ from toolchain.profile.limits import (
     MIN_WINDOW_S,
 )
 from toolchain.profile.measure import Measurement, measure
+from toolchain.profile.options import ProfileOptions
 
-
-def _check_int(value, name: str, api: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ToolchainError(f"{option(name, api)} must be a whole number from {low} to {high}, not {value!r}")
-
-
-def _check_float(value, name: str, api: str, low: float, high: float, *, open_low: bool = False) -> None:
-    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-          and (value > low if open_low else value >= low) and value <= high)
-    if not ok:
-        raise ToolchainError(f"{option(name, api)} must be a finite number {'>' if open_low else '>='} {low:g} "
-                             f"and <= {high:g}, not {value!r}")
-
-
-@dataclass
-class ProfileOptions:
-    """How to measure: ``meter`` overrides the target's meter (``estimate`` for a labelled estimate);
-    ``repeats`` windows of at least ``window_s`` seconds after ``warmup`` calls and an idle baseline of
-    ``idle_s`` seconds (default: the target's); ``profile_runs`` profiled runs for the per-layer split."""
-
-    meter: str | None = None
-    meter_options: MeterOptions = field(default_factory=MeterOptions)
-    repeats: int = 5
-    window_s: float = 1.0
-    warmup: int = 5
-    idle_s: float | None = None
-    profile_runs: int = 20
-    threads: int | None = None
-    batch: int = 1
-    data: str | None = None
-    seq_len: int = 128
-
-    def __post_init__(self) -> None:
-        """Every count and duration within its sane range (one-line :class:`ToolchainError` otherwise), and
-        ``threads`` at most this machine's cores (:func:`toolchain.runtime.session.check_threads`)."""
-        from toolchain.runtime.session import check_threads
-
-        _check_int(self.repeats, "--repeats", "repeats", 2, MAX_REPEATS)
-        _check_float(self.window_s, "--window", "window_s", MIN_WINDOW_S, MAX_WINDOW_S)
-        _check_int(self.warmup, "--warmup", "warmup", 0, MAX_WARMUP)
-        if self.idle_s is not None:
-            _check_float(self.idle_s, "--idle", "idle_s", 0, MAX_IDLE_S)
-        _check_int(self.profile_runs, "--profile-runs", "profile_runs", 1, MAX_PROFILE_RUNS)
-        _check_int(self.batch, "--batch", "batch", 1, MAX_BATCH)
-        _check_int(self.seq_len, "--seq-len", "seq_len", 1, MAX_SEQ_LEN)
-        if self.threads is not None:
-            _check_int(self.threads, "--threads", "threads", 0, 1 << 30)
-            check_threads(self.threads, option("--threads", "threads"))
-        for name, api in (("--watts", "watts"), ("--watts-per-core", "watts_per_core")):
-            value = getattr(self.meter_options, api, None)
-            if value is not None:
-                _check_float(value, name, f"meter_options.{api}", 0, MAX_WATTS, open_low=True)
+__all__ = ["Comparison", "ProfileOptions", "build_table", "compare_models", "profile_model"]
 
 
 def make_feeds(model_path: str | Path, options: ProfileOptions) -> tuple[dict[str, np.ndarray], str]:
@@ -118,14 +70,14 @@ def target_meter(target, options: ProfileOptions) -> Meter:
     raise MeterUnavailableError(first.message, hint=(first.hint or "") + extra)
 
 
-def check_mapped(model_path: str | Path) -> None:
-    """Fail before measuring when the model carries no node-to-module map (layers could not be named)."""
+def check_model(model_path: str | Path) -> bool:
+    """Check before measuring that ``model_path`` is a readable ONNX model whose external data is all there
+    (one-line :class:`ToolchainError` otherwise); True when it carries the export's node-to-module map
+    (rows per module), False when not (rows per ONNX node)."""
     from toolchain.core.onnxfile import model_metadata
     from toolchain.formats.nodemap import MAP_KEY
 
-    if MAP_KEY not in model_metadata(model_path):
-        raise ToolchainError(f"{model_path}: no node-to-module map in the model's metadata",
-                             hint="export it with `toolchain export` (layers can only be named for models it exported)")
+    return MAP_KEY in model_metadata(model_path)
 
 
 def check_usable(target) -> None:
@@ -174,7 +126,7 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
     prof = profile_nodes(model_path, feeds, providers=target.provider_names(), runs=options.profile_runs,
                          warmup=2, threads=options.threads or target.threads or None, workdir=workdir,
                          provider_options=target.provider_options(), reference=True)
-    joules = measurement.joules
+    joules = measurement.joules  # per sample
     rows, summary = attribute(model_path, prof, feeds, (joules.mean, joules.std))
     # the reference for the per-layer sum: an unprofiled session alternated run by run with the profiled one
     # (the machine state of the energy windows a minute earlier may differ); the windows' latency is beside it
@@ -184,12 +136,13 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
     per_run = [sum(n.per_run_us[i] for n in prof.nodes if len(n.per_run_us) == prof.runs) for i in range(prof.runs)]
     layers_ms = float(np.median(per_run)) / 1000
     profile = {"runs": prof.runs, **summary, "layers_sum_ms": layers_ms, "end_to_end_ms": e2e,
-               "statistic": "median over runs",
+               "statistic": "median over runs", "latency_per": f"call (one batch of {options.batch})",
                "end_to_end_source": "an unprofiled session alternated run by run with the profiled one (spinning off in both)",
                "gap_pct": 100 * (layers_ms - e2e) / e2e, "windows_latency_ms": measurement.latency.median,
-               "profiled_run_ms": profiled_ms, "profiler_overhead_pct": 100 * (profiled_ms - e2e) / e2e}
+               "profiled_run_ms": profiled_ms, "profiler_overhead_pct": 100 * (profiled_ms - e2e) / e2e,
+               "graph_for_names": ("optimized model" if prof.optimized_model else "EP context model"
+                                   if prof.context_model else "none (the provider compiled subgraphs)")}
     m = measurement.to_dict()
-    m.pop("windows")
     carbon = grams_co2e_per_1000(joules.mean, target.carbon_g_per_kwh)
     m["gco2e_per_1000"] = {"mean": carbon, "ci95": [grams_co2e_per_1000(x, target.carbon_g_per_kwh) for x in joules.ci95],
                            "kind": measurement.kind, "intensity_g_per_kwh": target.carbon_g_per_kwh,
@@ -197,13 +150,15 @@ def build_table(model_path: str | Path, target, measurement: Measurement, feeds:
     meter = {"name": measurement.meter, "kind": measurement.kind, "source": measurement.source,
              "idle_watts": measurement.idle_watts}
     return CostTable(model=model_info(model_path, feeds, data_source), target=target_info(target), meter=meter,
-                     measurement=m, profile=profile, rows=rows, versions=provenance_versions())
+                     measurement=m, profile=profile, rows=rows, versions=provenance_versions(),
+                     granularity=summary["granularity"], host=machine_info())
 
 
 def profile_model(model_path: str | Path, target, options: ProfileOptions,
                   progress: Callable[[str], None] | None = None) -> CostTable:
-    """Measure ``model_path`` on ``target`` and return its per-layer cost table."""
-    check_mapped(model_path)
+    """Measure ``model_path`` on ``target`` and return its cost table: per module when the model carries
+    the export's node-to-module map, else per ONNX node."""
+    check_model(model_path)
     check_usable(target)
     feeds, source = make_feeds(model_path, options)
     meter = target_meter(target, options)
@@ -229,10 +184,13 @@ def _measure_alone(model_path, target, feeds, meter, options: ProfileOptions, pr
 
 @dataclass
 class Comparison:
-    """Models x targets: a cost table per (model, target) measured here, and targets skipped with why."""
+    """Models x targets: a cost table per (model, target) measured here, targets skipped with why, and
+    which columns were measured in one interleaved run (``interleaving``: one entry per ``measure`` call,
+    ``{"meter", "columns": ["<model> @ <target>", ...], "targets"}``)."""
 
     tables: dict[tuple[str, str], CostTable]
     skipped: dict[str, str]
+    interleaving: list[dict[str, Any]] = field(default_factory=list)
 
     def columns(self) -> list[tuple[str, str]]:
         return list(self.tables)
@@ -247,46 +205,43 @@ class Comparison:
             j = t.joules_per_inference
             out.append({
                 "model": key[0], "target": key[1], "precision": t.model["precision"], "sha256": t.model["sha256"],
-                "latency_ms": t.measurement["latency_ms"], "joules_per_inference": t.measurement["joules_per_inference"],
+                "granularity": t.granularity, "batch": t.measurement.get("batch"),
+                "per_inference": t.measurement.get("per_inference"),
+                "latency_ms": t.measurement["latency_ms"], "latency_ms_per_sample": t.measurement.get("latency_ms_per_sample"),
+                "joules_per_inference": t.measurement["joules_per_inference"],
                 "watts": t.measurement["watts"], "gco2e_per_1000": t.measurement["gco2e_per_1000"],
-                "meter": t.meter, "repeats": t.measurement["repeats"],
+                "meter": t.meter, "repeats": t.measurement["repeats"], "cpu_load": t.measurement.get("cpu_load"),
+                "notes": t.measurement.get("notes", []), "fused_share": t.profile.get("fused_share"),
+                "host": t.host,
                 "latency_ratio": lat / base.measured.latency_ms.mean_ms if base else None,
                 "energy_ratio": (j / base.joules_per_inference) if base and base.joules_per_inference else None,
             })
         return {"columns": out, "skipped": [{"target": k, "reason": v} for k, v in self.skipped.items()],
+                "interleaving": self.interleaving, "layer_alignment": alignment(list(self.tables.values())),
                 "layer_deltas": self.layer_deltas()}
 
     def layer_deltas(self) -> list[dict[str, Any]]:
-        """Per-module latency and energy of each column against the first, costliest first."""
-        cols = self.columns()
-        if len(cols) < 2:
-            return []
-        base = self.tables[cols[0]].by_module()
-        others = [(f"{Path(m).name} @ {t}", self.tables[(m, t)].by_module()) for m, t in cols[1:]]
-        rows = []
-        for module, r in base.items():
-            entry = {"module": r.label, "base_ms": r.latency_ms_mean, "base_j": r.energy_j_mean, "columns": {}}
-            for name, table in others:
-                o = table.get(module)
-                entry["columns"][name] = None if o is None else {
-                    "ms": o.latency_ms_mean, "j": o.energy_j_mean,
-                    "delta_ms": o.latency_ms_mean - r.latency_ms_mean, "delta_j": o.energy_j_mean - r.energy_j_mean}
-            rows.append(entry)
-        return rows
+        """Per-layer latency and energy of each column against the first, costliest first
+        (:func:`toolchain.profile.deltas.layer_deltas`: by module, or by ONNX node name when a column is
+        per ONNX node)."""
+        return layer_deltas(self.tables)
 
 
 def compare_models(model_paths: list[str | Path], targets: list, options: ProfileOptions,
                    progress: Callable[[str], None] | None = None) -> Comparison:
-    """Measure every model on every usable target; on each target the models' windows are interleaved,
-    their sessions created with thread-pool spinning off (``alternating=True``: an idle session's spinning
-    workers would slow the one being measured). Targets not usable here (provider, host, or meter) are skipped with their reason."""
+    """Measure every model on every usable target. Targets not usable here (provider, host, or meter) are
+    skipped with their reason. The usable targets that read the same meter (same name, source and
+    options) are measured together: all their (model, target) candidates in one ``measure`` call, windows
+    interleaved so that drift hits them alike, every session created with thread-pool spinning off
+    (``alternating=True``: an idle session's spinning workers would slow the one being measured); the
+    idle baseline is the longest of those targets'. :attr:`Comparison.interleaving` says which were."""
     names = [str(p) for p in model_paths]
     if len(set(Path(n).resolve() for n in names)) != len(names):
         raise ToolchainError("the same model is given twice")
     for name in names:
-        check_mapped(name)
-    tables: dict[tuple[str, str], CostTable] = {}
+        check_model(name)
     skipped: dict[str, str] = {}
+    groups: dict[tuple, list[tuple[Any, Meter]]] = {}
     for target in targets:
         try:
             check_usable(target)
@@ -294,26 +249,45 @@ def compare_models(model_paths: list[str | Path], targets: list, options: Profil
         except ToolchainError as exc:
             skipped[target.name] = str(exc)
             continue
-        try:
-            feeds_of, sessions, sources = {}, {}, {}
-            for path in names:
-                feeds_of[path], sources[path] = make_feeds(path, options)
-                sessions[path] = session_for(path, target, options.threads, alternating=True)
-            candidates = {path: (lambda s=sessions[path], f=feeds_of[path]: s.run(None, f)) for path in names}
-            results = measure(candidates, meter, repeats=options.repeats, window_s=options.window_s,
-                              warmup=options.warmup, batch=options.batch, progress=progress,
-                              idle_s=target.idle_seconds if options.idle_s is None else options.idle_s)
-        finally:
-            meter.close()
-        sessions.clear()
-        for path in names:
-            if progress:
-                progress(f"{Path(path).name} @ {target.name}: per-node kernel times")
-            with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
-                tables[(path, target.name)] = build_table(path, target, results[path], feeds_of[path],
-                                                          sources[path], options, work)
-    if not tables:
+        groups.setdefault((meter.name, meter.source, repr(options.meter_options)), []).append((target, meter))
+    if not groups:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise ToolchainError(f"no target is usable here ({reasons})")
-    return Comparison(tables, skipped)
+    tables: dict[tuple[str, str], CostTable] = {}
+    interleaving = []
+    for members in groups.values():
+        for _, extra in members[1:]:
+            extra.close()  # one meter reads the whole group
+        results, feeds_of, sources = _measure_group(names, members, options, progress)
+        interleaving.append({"meter": members[0][1].name, "targets": [t.name for t, _ in members],
+                             "columns": [f"{Path(p).name} @ {t.name}" for t, _ in members for p in names]})
+        for target, _ in members:
+            for path in names:
+                if progress:
+                    progress(f"{Path(path).name} @ {target.name}: per-node kernel times")
+                with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as work:
+                    tables[(path, target.name)] = build_table(path, target, results[(path, target.name)],
+                                                              feeds_of[path], sources[path], options, work)
+    ordered = {(p, t.name): tables[(p, t.name)] for t in targets for p in names if (p, t.name) in tables}
+    return Comparison(ordered, skipped, interleaving)
 
+
+def _measure_group(names: list[str], members: list[tuple[Any, Meter]], options: ProfileOptions, progress):
+    """One interleaved ``measure`` of every model on every target of ``members`` (which share a meter)."""
+    meter = members[0][1]
+    try:
+        feeds_of, sources, sessions = {}, {}, {}
+        for path in names:
+            feeds_of[path], sources[path] = make_feeds(path, options)
+        for target, _ in members:
+            for path in names:
+                sessions[(path, target.name)] = session_for(path, target, options.threads, alternating=True)
+        labels = {key: f"{key[0]} @ {key[1]}" for key in sessions}
+        candidates = {labels[key]: (lambda s=s, f=feeds_of[key[0]]: s.run(None, f)) for key, s in sessions.items()}
+        idle = max(t.idle_seconds for t, _ in members) if options.idle_s is None else options.idle_s
+        measured = measure(candidates, meter, repeats=options.repeats, window_s=options.window_s,
+                           warmup=options.warmup, batch=options.batch, progress=progress, idle_s=idle)
+    finally:
+        meter.close()
+    sessions.clear()
+    return {key: measured[label] for key, label in labels.items()}, feeds_of, sources

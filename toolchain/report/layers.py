@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from toolchain.core.errors import ToolchainError
-from toolchain.formats.costs import UNMAPPED, CostTable
-from toolchain.report.charts import table_notes
+from toolchain.formats.costs import ONNX_NODE, UNMAPPED, CostTable
+from toolchain.report.charts import granularity_note, table_notes
 from toolchain.report.inputs import VariantInput
 from toolchain.report.metrics import num
 
@@ -50,6 +50,7 @@ def table_summary(name: str, t: CostTable, top: int) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # an older or partial table
         notes = [f"Energy: {t.energy_kind}, meter {t.meter.get('name')} ({t.meter.get('source')})."]
     return {"variant": name, "energy_kind": t.energy_kind, "method": t.method, "meter": t.meter.get("name"),
+            "granularity": t.granularity,
             "joules_per_inference": num(t.measured.joules_per_inference.net.mean),
             "modules": len(t.rows),
             "top": [{"module": r.label, "module_type": r.module_type, "latency_ms": r.latency_ms_mean,
@@ -94,6 +95,10 @@ def layers(variants: Sequence[VariantInput], warnings: list[str], top: int = TOP
         out["notes"].append(f"The before/after comparison is left out: {why}.")
         return out
     out["where_energy_went"] = _moves(before, after)
+    if ONNX_NODE in (before.granularity, after.granularity):
+        out["notes"].append(f"{granularity_note(before if before.granularity == ONNX_NODE else after)} Rows of the two "
+                            "tables line up by row name (a node name, or a module path in a per-module table), so "
+                            "a per-module table and a per-node one share few rows.")
     tb = sum(r.energy_j_mean for r in before.rows) * 1000
     ta = sum(r.energy_j_mean for r in after.rows) * 1000
     out["totals"] = {"before_mj": tb, "after_mj": ta, "delta_mj": ta - tb}
