@@ -216,3 +216,30 @@ def test_openvino_profile_live(tmp_path):
     assert 0 < data["profile"]["fused_share"] <= 1 and data["granularity"] == "onnx-node"
     assert sorted(n for row in fused for n in row["onnx_nodes"]) == sorted(["mm0", "relu0", "mm1", "rs", "rs2", "mm2"])
     assert any(row["module"] == "inv" and not row["fused_by"] for row in data["rows"])
+
+
+def test_a_column_run_as_one_fused_kernel_is_left_out_of_the_layer_alignment():
+    from toolchain.formats.costs import CostTable, LayerCost
+    from toolchain.profile.deltas import alignment, layer_deltas
+
+    def row(module, ms, fused=""):
+        return LayerCost(module, "Conv", [f"/{module}/Conv"], 1, ["Conv"], ms, 0.0, 0.0, ms / 1000, 0.0, 0, 0, 0,
+                         fused_by=fused)
+
+    def table(rows):
+        total = sum(r.latency_ms_mean for r in rows)
+        for r in rows:
+            r.share = r.latency_ms_mean / total
+        return CostTable(model={}, target={"name": "t"}, meter={}, measurement={}, profile={}, rows=rows, versions={})
+
+    cpu = table([row("a", 2.0), row("b", 1.0)])
+    cpu_int8 = table([row("a", 1.0), row("b", 0.5)])
+    openvino = table([LayerCost("OpenVINO subgraph 1", "fused by OpenVINO", ["/a/Conv", "/b/Conv"], 1, ["Conv"],
+                                2.5, 0.0, 1.0, 0.0025, 0.0, 0, 0, 0, fused_by="OpenVINO")])
+    tables = {("m.onnx", "x86-cpu"): cpu, ("m.int8.onnx", "x86-cpu"): cpu_int8, ("m.onnx", "openvino-cpu"): openvino}
+    deltas = layer_deltas(tables)
+    assert [d["module"] for d in deltas] == ["a", "b"]  # per module, not one group for the whole model
+    assert deltas[0]["columns"]["m.int8.onnx @ x86-cpu"]["delta_ms"] == pytest.approx(-1.0)
+    assert deltas[0]["columns"]["m.onnx @ openvino-cpu"] is None
+    text = alignment(list(tables.values()), ["m.onnx @ x86-cpu", "m.int8.onnx @ x86-cpu", "m.onnx @ openvino-cpu"])
+    assert text.startswith("by module path") and "m.onnx @ openvino-cpu: the provider ran the whole graph" in text

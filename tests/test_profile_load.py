@@ -250,3 +250,13 @@ def test_targets_sharing_a_meter_are_measured_in_one_interleaved_run(plain_model
     text = CliRunner().invoke(main, ["compare", str(plain_model), "--targets", f"x86-cpu,{twin}", "--meter",
                                      "estimate", *FAST])
     assert text.exit_code == 0 and "windows interleaved" in text.output and "x86-cpu-twin" in text.output
+
+
+def test_several_loaded_windows_make_one_warning():
+    from toolchain.core.cpuload import windows_warning
+
+    assert windows_warning([0.02, 0.05], 2) is None
+    assert windows_warning([None, 0.5], 2) == ("window 2/2: other processes used 50% of the 2 CPUs (over 10%): "
+                                               "figures may be inflated")
+    assert windows_warning([0.44, 0.02, 0.56, 0.5], 2) == ("windows 1, 3, 4 of 4: other processes used 44-56% of the "
+                                                           "2 CPUs (over 10%): figures may be inflated")

@@ -117,3 +117,18 @@ def load_warning(where: str, share: float | None, cpus: int | None, threshold: f
         return None
     return (f"{where}: other processes used {share:.0%} of the {cpus} CPUs (over {threshold:.0%}): "
             "figures may be inflated")
+
+
+def windows_warning(shares: list[float | None], cpus: int | None, threshold: float = OTHER_LOAD_WARN) -> str | None:
+    """One warning for all of a measurement's windows over ``threshold`` (``shares``: each window's other-
+    process share, in order), or None: ``window 2/3: other processes used 47% ...`` for one, ``windows 1, 2,
+    4 of 5: other processes used 44-56% ...`` for several."""
+    over = [(i, x) for i, x in enumerate(shares, 1) if x is not None and x > threshold]
+    if not over:
+        return None
+    if len(over) == 1:
+        return load_warning(f"window {over[0][0]}/{len(shares)}", over[0][1], cpus, threshold)
+    low, high = min(x for _, x in over), max(x for _, x in over)
+    used = f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{100 * low:.0f}-{high:.0%}"
+    return (f"windows {', '.join(str(i) for i, _ in over)} of {len(shares)}: other processes used {used} of the "
+            f"{cpus} CPUs (over {threshold:.0%}): figures may be inflated")

@@ -6,7 +6,9 @@ kernel (its row covers many modules), they line up by ONNX node name: rows of an
 column that share an ONNX node (a module row lists its nodes, a node row its own name and the nodes ORT
 fused into it, a fused subgraph's row the nodes it covers) are joined into one group, and each column's
 figures are the sums over its rows in the group. A group the first column has no row in is left out; a
-column with no row in a group shows None there.
+column with no row in a group shows None there. A column whose time all went to fused subgraphs (OpenVINO
+compiles a whole ResNet into one kernel) has no per-layer figure to line up: it shows None in every row and
+the others line up among themselves, as if it were not there (the alignment text names it).
 """
 
 from __future__ import annotations
@@ -21,10 +23,32 @@ BY_NODE = ("by ONNX node name: rows sharing an ONNX node are joined into one gro
            "row's own name, a fused subgraph's covered nodes) and each column's figures summed over the group")
 
 
-def alignment(tables: list[CostTable]) -> str:
-    """How :func:`layer_deltas` lines rows up for these columns, in words."""
-    per_module = all(t.granularity == MODULE and not any(r.fused_by for r in t.rows) for t in tables)
-    return BY_MODULE if per_module else BY_NODE
+OPAQUE_SHARE = 0.99  # a column with at least this share of its time in fused subgraphs has no per-layer split
+
+
+def opaque(table: CostTable) -> bool:
+    """Did (almost) all of ``table``'s time go to subgraphs a provider fused into single kernels?"""
+    return bool(table.rows) and sum(r.share for r in table.rows if r.fused_by) >= OPAQUE_SHARE
+
+
+def _split(tables: list[CostTable]) -> tuple[list[int], list[int]]:
+    """Indices of the columns that line up, and of those left out as opaque (never the first column)."""
+    left_out = [i for i, t in enumerate(tables) if i > 0 and opaque(t)]
+    return [i for i in range(len(tables)) if i not in left_out], left_out
+
+
+def alignment(tables: list[CostTable], names: list[str] | None = None) -> str:
+    """How :func:`layer_deltas` lines rows up for these columns, in words (``names``: the columns' names,
+    for the ones left out)."""
+    kept, left_out = _split(tables)
+    lined = [tables[i] for i in kept]
+    per_module = all(t.granularity == MODULE and not any(r.fused_by for r in t.rows) for t in lined)
+    text = BY_MODULE if per_module else BY_NODE
+    if left_out:
+        which = ", ".join(names[i] for i in left_out) if names else f"{len(left_out)} column(s)"
+        text += (f"; {which}: the provider ran the whole graph as fused kernels, so there is no per-layer "
+                 "figure to line up (shown as -)")
+    return text
 
 
 def layer_deltas(tables: dict[tuple[str, str], CostTable]) -> list[dict[str, Any]]:
@@ -36,7 +60,15 @@ def layer_deltas(tables: dict[tuple[str, str], CostTable]) -> list[dict[str, Any
         return []
     names = [f"{Path(m).name} @ {t}" for m, t in cols[1:]]
     all_tables = [tables[c] for c in cols]
-    groups = _by_module(all_tables) if alignment(all_tables) == BY_MODULE else _by_node(all_tables)
+    kept, _ = _split(all_tables)
+    lined = [all_tables[i] for i in kept]
+    grouped = _by_module(lined) if alignment(lined) == BY_MODULE else _by_node(lined)
+    groups = []
+    for label, some in grouped:  # back to one member list per column, [] for the columns left out
+        members: list[list[LayerCost]] = [[] for _ in all_tables]
+        for i, rows in zip(kept, some, strict=True):
+            members[i] = rows
+        groups.append((label, members))
     out = []
     for label, members in groups:
         base = members[0]

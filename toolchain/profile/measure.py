@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from toolchain.core.cpuload import MIN_CHECK_S, OTHER_LOAD_WARN, CpuLoadProbe, load_warning, other_share
+from toolchain.core.cpuload import MIN_CHECK_S, OTHER_LOAD_WARN, CpuLoadProbe, other_share, windows_warning
 from toolchain.core.errors import ToolchainError, option
 from toolchain.core.stats import Summary
 from toolchain.energy import CounterResetError, EnergyReading, Meter, WindowTooShortError
@@ -250,11 +250,11 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
             net = _net(reading, idle_w, f"window {r + 1}/{repeats}", notes[name])
             windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules),
                                         share))
-            warning = load_warning(f"window {r + 1}/{repeats}", share, cpus)
-            if warning:
-                notes[name].append(warning)
     for name in candidates:
         _check_not_all_idle(name, meter, windows[name], idle_w, idle_s)
+        warning = windows_warning([w.other_cpu_share for w in windows[name]], cpus)
+        if warning:
+            notes[name].append(warning)
         if idle_share is not None and idle_share > OTHER_LOAD_WARN:
             notes[name].append(f"idle baseline: other processes used {idle_share:.0%} of the {cpus} CPUs (over "
                                f"{OTHER_LOAD_WARN:.0%}): the baseline may be inflated and net figures too low")

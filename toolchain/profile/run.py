@@ -217,7 +217,8 @@ class Comparison:
                 "energy_ratio": (j / base.joules_per_inference) if base and base.joules_per_inference else None,
             })
         return {"columns": out, "skipped": [{"target": k, "reason": v} for k, v in self.skipped.items()],
-                "interleaving": self.interleaving, "layer_alignment": alignment(list(self.tables.values())),
+                "interleaving": self.interleaving, "layer_alignment": alignment(list(self.tables.values()),
+                                                                  [f"{Path(m).name} @ {t}" for m, t in self.tables]),
                 "layer_deltas": self.layer_deltas()}
 
     def layer_deltas(self) -> list[dict[str, Any]]:
