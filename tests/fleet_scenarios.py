@@ -41,9 +41,9 @@ def _killer(cluster, node, target: str, started: dict):
 
         def watch():
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not cluster.running_task(node):
+            while time.monotonic() < deadline and not cluster.running_task(node, "NodeJob"):
                 time.sleep(0.1)
-            started[f"{target}_running_seen"] = cluster.running_task(node)
+            started[f"{target}_running_seen"] = cluster.running_task(node, "NodeJob")
             time.sleep(1.0)
             started[f"{target}_killed_at"] = time.time()
             cluster.kill(node)

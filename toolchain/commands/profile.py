@@ -155,7 +155,7 @@ def _on_cluster(address, model, target, options, progress):
     from toolchain.fleet.dispatch import run_on_cluster
     from toolchain.fleet.results import tables_of
 
-    fleet = run_on_cluster(address, [model], [target], options, mode="profile", progress=progress)
+    fleet = run_on_cluster(address, [model], [target], options, progress=progress)
     reason = fleet.lost.get(target.name) or fleet.failed.get(target.name)
     if reason:
         raise ToolchainError(f"target {target.name} on the cluster at {address}: {reason}")

@@ -1,14 +1,15 @@
 """The driver: run (model, target) jobs on the nodes of a Ray cluster that offer each target.
 
-One job per target holds every model (measured there interleaved, as ``toolchain compare`` does locally).
-The ONNX files go into Ray's object store once and every job reads them from there. A job runs on one
-node (node affinity, never soft) and asks for the node's whole unit of the target's resource, so a node
-measures one job of a target at a time; jobs whose nodes share a host run one after another (two
-measurements at once on one machine would slow each other), jobs on different hosts at the same time.
-A job whose node is lost (the node died, its worker crashed, the object or node went away) is retried
+One job per target holds every model. The ONNX files go into Ray's object store once and every job reads
+them from there. A job is a :class:`~toolchain.fleet.node.NodeJob` actor on one node (node affinity, never
+soft; worker nodes before the head) that asks for the node's whole unit of the target's resource, so a node
+measures one job of a target at a time. Jobs whose nodes share a host are measured together, their windows
+interleaved across the nodes (job A's window 1, job B's window 1, A's window 2, ...; never two at once, which
+would slow each other): drift hits them alike, as in one local comparison. Jobs on different hosts run at
+the same time. A job whose node is lost (the node died, its worker crashed, an object went away) is retried
 once on another node that offers the target; when there is none, or the retry is lost too, the target is
-reported lost and every other result is kept. A job that fails for its own reasons (the target not
-usable on that node, no readable meter) is reported failed, not retried: it would fail again.
+reported lost and every other result is kept. A job that fails for its own reasons (the target not usable
+on that node, no readable meter) is reported failed, not retried: it would fail again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.core.errors import ToolchainError, one_line
-from toolchain.fleet.node import JobSpec, run_job
+from toolchain.fleet.node import JobSpec, NodeJob
 from toolchain.fleet.resources import NodeRecord, describe_offered, live_nodes, offered, resource_for
 
 RETRIES = 1  # a lost job is retried once on another node that offers its target
@@ -174,38 +175,28 @@ def _candidates(target_name: str, tried: set[str]) -> list[NodeRecord]:
 
 
 class _Job:
+    """A target's job as the driver tracks it: where it was tried, each attempt, and what came back."""
+
     def __init__(self, target, spec: JobSpec, models_ref, first: NodeRecord):
         self.target, self.spec, self.models_ref, self.first = target, spec, models_ref, first
+        self.tried: set[str] = set()
+        self.tries: list[Attempt] = []
+        self.out: dict | None = None
 
 
-def _attempt(job: _Job, node: NodeRecord, timeout_s: float | None) -> tuple[Attempt, dict | None]:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+class _Live:
+    """One attempt in flight: the job's :class:`~toolchain.fleet.node.NodeJob` actor on ``node``."""
 
-    remote = ray.remote(run_job).options(
-        num_cpus=0, max_retries=0, resources={resource_for(job.target.name): 1},
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
-    start = time.monotonic()
-    ref = remote.remote(job.spec, job.models_ref)
-    try:
-        out = ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.RayTaskError as exc:  # the job's own error, raised on the node
-        cause = getattr(exc, "cause", None) or exc
-        reason = cause.message if isinstance(cause, ToolchainError) else one_line(cause)
-        return Attempt(node.label, node.node_id, "failed", time.monotonic() - start, reason), None
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start,
-                       f"no answer within {timeout_s:g} s"), None
-    except ray.exceptions.RayError as exc:  # the node, its worker or the job's objects went away
-        return Attempt(node.label, node.node_id, "lost", time.monotonic() - start, _lost_reason(exc)), None
-    return Attempt(node.label, node.node_id, "ok", time.monotonic() - start), out
+    def __init__(self, job: _Job, node: NodeRecord, actor):
+        self.job, self.node, self.actor, self.start = job, node, actor, time.monotonic()
 
 
 # Ray's system errors, in words (their messages run to several lines of advice)
 _LOST = {"NodeDiedError": "the node died mid-job", "WorkerCrashedError": "its worker process died mid-job",
-         "TaskUnschedulableError": "the node is gone", "ObjectLostError": "a model file's object was lost",
-         "OutOfMemoryError": "the node ran out of memory", "LocalRayletDiedError": "this driver's raylet died"}
+         "ActorDiedError": "the node or its worker died mid-job", "ActorUnavailableError": "the node went away",
+         "ActorUnschedulableError": "the node is gone", "TaskUnschedulableError": "the node is gone",
+         "ObjectLostError": "a model file's object was lost", "OutOfMemoryError": "the node ran out of memory",
+         "LocalRayletDiedError": "this driver's raylet died"}
 
 
 def _lost_reason(exc: BaseException) -> str:
@@ -215,44 +206,113 @@ def _lost_reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def _run(job: _Job, result: FleetResult, lock: threading.Lock, progress, on_start, timeout_s) -> None:
-    name = job.target.name
-    tried: set[str] = set()
-    node: NodeRecord | None = job.first
-    tries: list[Attempt] = []
-    while node is not None:
-        tried.add(node.node_id)
-        if progress:
-            progress(f"{name}: job on {node.label}" + (" (retry)" if tries else ""))
-        if on_start:
-            on_start(name, node)
-        attempt, out = _attempt(job, node, timeout_s)
-        tries.append(attempt)
-        if attempt.outcome != "lost" or len(tries) > RETRIES:
-            break
-        others = _candidates(name, tried)
-        if progress:
-            progress(f"{name}: node {node.label} lost ({attempt.reason})"
-                     + (f"; retrying on {others[0].label}" if others else "; no other node offers it"))
-        node = others[0] if others else None
-    with lock:
-        result.attempts[name] = tries
-        last = tries[-1]
-        if last.outcome == "ok" and out is not None:
-            result.measured_on[name] = out["node"]
-            for display, table in out["tables"].items():
-                table["target"]["path"] = str(job.target.path)
-                table["fleet"] = {"attempts": [a.to_dict() for a in tries]}
-                result.tables[(display, name)] = table
-        elif last.outcome == "failed":
-            result.failed[name] = f"on {last.node}: {last.reason}"
+def _start(job: _Job, node: NodeRecord, progress, on_start) -> _Live:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    job.tried.add(node.node_id)
+    if progress:
+        progress(f"{job.target.name}: job on {node.label}" + (" (retry)" if job.tries else ""))
+    actor = ray.remote(NodeJob).options(
+        num_cpus=0, max_restarts=0, max_task_retries=0, resources={resource_for(job.target.name): 1},
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote(job.spec, job.models_ref)
+    if on_start:
+        on_start(job.target.name, node)
+    return _Live(job, node, actor)
+
+
+def _call(live: _Live, method: str, *args, timeout_s: float | None = None):
+    """``live``'s actor's ``method``; on a failure the attempt is recorded (failed: the job's own error;
+    lost: the node, its worker or an object went away), the actor let go, and None returned."""
+    import ray
+
+    try:
+        return True, ray.get(getattr(live.actor, method).remote(*args), timeout=timeout_s)
+    except ray.exceptions.RayTaskError as exc:  # the job's own error, raised on the node
+        cause = getattr(exc, "cause", None) or exc
+        outcome, reason = "failed", (cause.message if isinstance(cause, ToolchainError) else one_line(cause))
+    except ray.exceptions.GetTimeoutError:
+        outcome, reason = "lost", f"no answer within {timeout_s:g} s"
+    except ray.exceptions.RayError as exc:
+        outcome, reason = "lost", _lost_reason(exc)
+    live.job.tries.append(Attempt(live.node.label, live.node.node_id, outcome, time.monotonic() - live.start, reason))
+    _let_go(live)
+    return False, None
+
+
+def _let_go(live: _Live) -> None:
+    import ray
+
+    try:
+        ray.kill(live.actor)
+    except Exception:  # noqa: BLE001 - an actor on a dead node is gone already
+        pass
+
+
+def _interleave(lives: list[_Live], progress, timeout_s: float | None) -> None:
+    """Every attempt of ``lives`` (nodes of one host): each prepared in turn, then window 1 of each, window 2
+    of each, ..., then each finished; an attempt that fails drops out, the others go on."""
+    counts = []
+    for live in list(lives):
+        ok, n = _call(live, "prepare", timeout_s=timeout_s)
+        if ok:
+            counts.append(n)
         else:
-            lost = "; ".join(f"{a.node}: {a.reason}" for a in tries)
-            more = "" if len(tries) > RETRIES else " and no other node offers it"
-            result.lost[name] = f"lost{more} ({lost})"
+            lives.remove(live)
+    for r in range(max(counts, default=0)):
+        if progress and lives:
+            progress(f"window {r + 1}/{max(counts)}: " + ", ".join(live.job.target.name for live in lives))
+        for live in list(lives):
+            if not _call(live, "window", r, timeout_s=timeout_s)[0]:
+                lives.remove(live)
+    for live in list(lives):
+        if progress:
+            progress(f"{live.job.target.name}: per-layer profile on {live.node.label}")
+        ok, out = _call(live, "finish", timeout_s=timeout_s)
+        if ok:
+            live.job.tries.append(Attempt(live.node.label, live.node.node_id, "ok", time.monotonic() - live.start))
+            live.job.out = out
+            _let_go(live)
 
 
-def run_on_cluster(address: str, models: list[str | Path], targets: list, options, *, mode: str = "compare",
+def _serve(jobs: list[_Job], progress, on_start, timeout_s: float | None) -> None:
+    """The jobs of one host: all at once with their windows interleaved, then the lost ones once more on
+    other nodes that offer their targets."""
+    pending = [(job, job.first) for job in jobs]
+    while pending:
+        round_jobs = [job for job, _ in pending]
+        _interleave([_start(job, node, progress, on_start) for job, node in pending], progress, timeout_s)
+        pending = []
+        for job in round_jobs:
+            last = job.tries[-1] if job.tries else None
+            if job.out is not None or last is None or last.outcome != "lost" or len(job.tries) > RETRIES:
+                continue
+            others = _candidates(job.target.name, job.tried)
+            if progress:
+                progress(f"{job.target.name}: node {last.node} lost ({last.reason})"
+                         + (f"; retrying on {others[0].label}" if others else "; no other node offers it"))
+            if others:
+                pending.append((job, others[0]))
+
+
+def _record(job: _Job, result: FleetResult) -> None:
+    name, tries = job.target.name, job.tries
+    result.attempts[name] = tries
+    if job.out is not None:
+        result.measured_on[name] = job.out["node"]
+        for display, table in job.out["tables"].items():
+            table["target"]["path"] = str(job.target.path)
+            table["fleet"] = {"attempts": [a.to_dict() for a in tries]}
+            result.tables[(display, name)] = table
+    elif tries and tries[-1].outcome == "failed":
+        result.failed[name] = f"on {tries[-1].node}: {tries[-1].reason}"
+    else:
+        lost = "; ".join(f"{a.node}: {a.reason}" for a in tries)
+        more = "" if len(tries) > RETRIES else " and no other node offers it"
+        result.lost[name] = f"lost{more} ({lost})"
+
+
+def run_on_cluster(address: str, models: list[str | Path], targets: list, options, *,
                    progress: Callable[[str], None] | None = None,
                    on_start: Callable[[str, NodeRecord], None] | None = None,
                    timeout_s: float | None = None) -> FleetResult:
@@ -273,24 +333,24 @@ def run_on_cluster(address: str, models: list[str | Path], targets: list, option
         result = FleetResult(address=address, nodes=nodes)
         by_host: dict[str, list[_Job]] = {}
         for target in targets:
-            spec = JobSpec(target.name, _target_toml(target), options, mode=mode, data_file=data)
+            spec = JobSpec(target.name, _target_toml(target), options, data_file=data)
             first = _candidates(target.name, set())[0]
             by_host.setdefault(first.hostname, []).append(_Job(target, spec, models_ref, first))
-        lock = threading.Lock()
-
         def serve(jobs: list[_Job]) -> None:
-            for job in jobs:
-                try:
-                    _run(job, result, lock, progress, on_start, timeout_s)
-                except Exception as exc:  # noqa: BLE001 - one target's surprise must not lose the others
-                    with lock:
-                        result.failed[job.target.name] = one_line(exc)
+            try:
+                _serve(jobs, progress, on_start, timeout_s)
+            except Exception as exc:  # noqa: BLE001 - one host's surprise must not lose the others
+                for job in jobs:
+                    if job.out is None:
+                        job.tries.append(Attempt(job.first.label, job.first.node_id, "failed", 0.0, one_line(exc)))
 
         threads = [threading.Thread(target=serve, args=(jobs,), daemon=True) for jobs in by_host.values()]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        for target in targets:
+            _record(next(j for js in by_host.values() for j in js if j.target is target), result)
         return result
     finally:
         if joined:

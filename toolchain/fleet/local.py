@@ -200,9 +200,9 @@ class LocalCluster:
             time.sleep(0.3)
         raise ToolchainError(f"the head did not listen on {self.address} within {timeout_s:g} s")
 
-    def running_task(self, node: LocalNode, name: str = "run_job") -> bool:
-        """Is a Ray worker of ``node`` executing a task called ``name`` now (its process title is
-        ``ray::NAME`` while it runs)?"""
+    def running_task(self, node: LocalNode, name: str = "NodeJob") -> bool:
+        """Is a Ray worker of ``node`` running a task or actor called ``name`` now (its process title is
+        ``ray::NAME`` or ``ray::NAME.method`` meanwhile)?"""
         for pid in _tree(node.process.pid):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]

@@ -24,7 +24,6 @@ class JobSpec:
     target_name: str
     target_toml: str
     options: Any  # toolchain.profile.run.ProfileOptions
-    mode: str = "compare"  # "profile": one model, profile_model; "compare": compare_models
     data_file: tuple[str, bytes] | None = None
 
 
@@ -69,39 +68,98 @@ def _write_models(models: dict[str, dict[str, bytes]], root: Path) -> dict[str, 
     return paths
 
 
-def run_job(spec: JobSpec, models: dict[str, dict[str, bytes]]) -> dict[str, Any]:
-    """Measure every model (display path -> {file name: bytes}, the ONNX file first, then the external data
-    files it references; from Ray's object store) on the target of ``spec`` here; ``{"node": node_info(),
-    "tables": {display path: cost-table dict}}``. A problem with the job (the target not usable on this node, no readable meter, a
-    model the runtime refuses) raises :class:`ToolchainError`, which the driver reports for that target."""
-    from toolchain.profile.run import compare_models, profile_model
-    from toolchain.targets.target import load_target_file
+class NodeJob:
+    """One target's job on this node, in steps (a Ray actor on a cluster; a plain object in :func:`run_job`):
+    :meth:`prepare` writes the shipped files, loads the target, opens its meter and the sessions (thread-pool
+    spinning off), takes the idle baseline and warms up; :meth:`window` measures one window of every model;
+    :meth:`finish` profiles each model per layer and returns ``{"node": node_info(), "tables": {display path:
+    cost-table dict}}``. The driver calls :meth:`window` of several jobs in turn when their nodes share a
+    host, so their windows interleave as one local comparison's do. Nothing heavy happens in ``__init__``: a
+    problem with the job (the target not usable on this node, no readable meter, a model the runtime refuses)
+    is a :class:`ToolchainError` from :meth:`prepare`, which the driver reports for that target."""
 
-    info = node_info()
-    with tempfile.TemporaryDirectory(prefix="toolchain-fleet-") as work:
-        root = Path(work)
-        toml = root / f"{spec.target_name}.toml"
-        toml.write_text(spec.target_toml)
-        target = load_target_file(toml)
-        paths = _write_models(models, root)
-        options = spec.options
-        if spec.data_file is not None:
-            name, data = spec.data_file
+    def __init__(self, spec: JobSpec, models: dict[str, dict[str, bytes]]):
+        self.spec, self.models = spec, models
+        self.work: tempfile.TemporaryDirectory | None = None
+        self.run = self.meter = None
+        self.sessions: dict = {}
+
+    def prepare(self) -> int:
+        """Everything before the windows; returns how many windows :meth:`window` is to be called for."""
+        from toolchain.profile.measure import Interleaved
+        from toolchain.profile.run import check_model, check_usable, make_feeds, session_for, target_meter
+        from toolchain.targets.target import load_target_file
+
+        self.info = node_info()
+        self.work = tempfile.TemporaryDirectory(prefix="toolchain-fleet-")
+        root = Path(self.work.name)
+        toml = root / f"{self.spec.target_name}.toml"
+        toml.write_text(self.spec.target_toml)
+        self.target = target = load_target_file(toml)
+        self.paths = _write_models(self.models, root)
+        self.models = {}
+        options = self.spec.options
+        if self.spec.data_file is not None:
+            name, data = self.spec.data_file
             (root / "data").mkdir()
             local = root / "data" / Path(name).name
             local.write_bytes(data)
             options = replace(options, data=str(local))
-        if spec.mode == "profile":
-            (display, path), = paths.items()
-            tables = {display: profile_model(path, target, options)}
-        else:
-            result = compare_models(list(paths.values()), [target], options)
-            by_path = {str(p): d for d, p in paths.items()}
-            tables = {by_path[str(m)]: t for (m, _), t in result.tables.items()}
+        self.options = options
+        for path in self.paths.values():
+            check_model(path)
+        check_usable(target)
+        self.feeds, self.sources = {}, {}
+        for display, path in self.paths.items():
+            self.feeds[display], self.sources[display] = make_feeds(path, options)
+        self.meter = target_meter(target, options)
+        for display, path in self.paths.items():
+            self.sessions[display] = session_for(path, target, options.threads, alternating=True)
+        candidates = {f"{d} @ {target.name}": (lambda s=s, f=self.feeds[d]: s.run(None, f))
+                      for d, s in self.sessions.items()}
+        self.run = Interleaved(candidates, self.meter, repeats=options.repeats, window_s=options.window_s,
+                               warmup=options.warmup, batch=options.batch,
+                               idle_s=target.idle_seconds if options.idle_s is None else options.idle_s)
+        self.run.prepare()
+        return options.repeats
+
+    def window(self, r: int) -> None:
+        self.run.window(r)
+
+    def finish(self) -> dict[str, Any]:
+        from toolchain.profile.run import build_table
+
+        try:
+            measured = self.run.results()
+        finally:
+            self.meter.close()
+            self.sessions.clear()  # an idle session's spinning pool would slow the profiled runs
         out = {}
-        for display, table in tables.items():
-            data = table.to_dict()
-            data["model"]["path"] = display
-            data["host"] = {**data.get("host", {}), **info}
-            out[display] = data
-    return {"node": info, "tables": out}
+        try:
+            for display, path in self.paths.items():
+                with tempfile.TemporaryDirectory(prefix="toolchain-prof-") as scratch:
+                    table = build_table(path, self.target, measured[f"{display} @ {self.target.name}"],
+                                        self.feeds[display], self.sources[display], self.options, scratch)
+                data = table.to_dict()
+                data["model"]["path"] = display
+                data["host"] = {**data.get("host", {}), **self.info}
+                out[display] = data
+        finally:
+            self.close()
+        return {"node": self.info, "tables": out}
+
+    def close(self) -> None:
+        if self.work is not None:
+            self.work.cleanup()
+            self.work = None
+
+
+def run_job(spec: JobSpec, models: dict[str, dict[str, bytes]]) -> dict[str, Any]:
+    """The whole :class:`NodeJob` here, in one call."""
+    job = NodeJob(spec, models)
+    try:
+        for r in range(job.prepare()):
+            job.window(r)
+        return job.finish()
+    finally:
+        job.close()

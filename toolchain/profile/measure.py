@@ -207,57 +207,86 @@ def measure(candidates: dict[str, Callable[[], object]], meter: Meter, *, repeat
     Each candidate's window holds enough calls to last ``window_s`` seconds (at least ten times the
     meter's resolution); a window the meter cannot resolve is grown and measured again. ``cpu`` reads the
     machine's load at both ends of every window (default: this machine's ``/proc/stat``)."""
-    if repeats < 2:
-        raise ToolchainError(f"{option('--repeats', 'repeats')} must be at least 2 (a spread needs two windows)")
-    if not candidates:
-        raise ToolchainError("nothing to measure")
-    window_s = max(window_s, 10 * meter.min_window_s)
-    # idle first: after a run, ONNX Runtime's thread pool spins for a while and would inflate the baseline
-    if progress and idle_s > 0:
-        progress(f"idle baseline ({idle_s:g} s)")
-    cpu = cpu or CpuLoadProbe()
-    idle_w, idle_share = idle_baseline(meter, idle_s, cpu)
-    cpus: int | None = None
-    sizes: dict[str, int] = {}
-    for name, fn in candidates.items():
-        for _ in range(warmup):
-            fn()
-        per_call = seconds_per_call(fn, min_calls=3, min_seconds=min(0.2, window_s / 5))
-        sizes[name] = max(1, math.ceil(window_s / per_call))
-    windows: dict[str, list[Window]] = {name: [] for name in candidates}
-    latencies: dict[str, list[float]] = {name: [] for name in candidates}
-    notes: dict[str, list[str]] = {name: [] for name in candidates}
+    run = Interleaved(candidates, meter, repeats=repeats, window_s=window_s, warmup=warmup, idle_s=idle_s,
+                      batch=batch, progress=progress, cpu=cpu)
+    run.prepare()
     for r in range(repeats):
-        for name, fn in candidates.items():
-            if progress:
-                progress(f"{name}: window {r + 1}/{repeats} ({sizes[name]} inferences)")
+        run.window(r)
+    return run.results()
+
+
+class Interleaved:
+    """:func:`measure` in steps, so that windows can also be interleaved with candidates measured elsewhere
+    (another process or node of the same machine, :mod:`toolchain.fleet`): :meth:`prepare` (idle baseline,
+    warm-up, window sizes), :meth:`window` once per repeat (one window of every candidate), then
+    :meth:`results`."""
+
+    def __init__(self, candidates: dict[str, Callable[[], object]], meter: Meter, *, repeats: int = 5,
+                 window_s: float = 1.0, warmup: int = 3, idle_s: float = 2.0, batch: int = 1,
+                 progress: Callable[[str], None] | None = None, cpu: CpuLoadProbe | None = None):
+        if repeats < 2:
+            raise ToolchainError(f"{option('--repeats', 'repeats')} must be at least 2 (a spread needs two windows)")
+        if not candidates:
+            raise ToolchainError("nothing to measure")
+        self.candidates, self.meter, self.repeats, self.warmup = candidates, meter, repeats, warmup
+        self.window_s = max(window_s, 10 * meter.min_window_s)
+        self.idle_s, self.batch, self.progress, self.cpu = idle_s, batch, progress, cpu or CpuLoadProbe()
+        self.cpus: int | None = None
+        self.idle_w, self.idle_share = 0.0, None
+        self.sizes: dict[str, int] = {}
+        self.windows: dict[str, list[Window]] = {name: [] for name in candidates}
+        self.latencies: dict[str, list[float]] = {name: [] for name in candidates}
+        self.notes: dict[str, list[str]] = {name: [] for name in candidates}
+
+    def prepare(self) -> None:
+        # idle first: after a run, ONNX Runtime's thread pool spins for a while and would inflate the baseline
+        if self.progress and self.idle_s > 0:
+            self.progress(f"idle baseline ({self.idle_s:g} s)")
+        self.idle_w, self.idle_share = idle_baseline(self.meter, self.idle_s, self.cpu)
+        for name, fn in self.candidates.items():
+            for _ in range(self.warmup):
+                fn()
+            per_call = seconds_per_call(fn, min_calls=3, min_seconds=min(0.2, self.window_s / 5))
+            self.sizes[name] = max(1, math.ceil(self.window_s / per_call))
+
+    def window(self, r: int) -> None:
+        """Window ``r`` (0-based) of every candidate, one after another."""
+        repeats, meter = self.repeats, self.meter
+        for name, fn in self.candidates.items():
+            if self.progress:
+                self.progress(f"{name}: window {r + 1}/{repeats} ({self.sizes[name]} inferences)")
             grown = resets = 0
             while True:
                 try:
-                    reading, share, cpus = _window(meter, fn, sizes[name], latencies[name], cpu)
+                    reading, share, self.cpus = _window(meter, fn, self.sizes[name], self.latencies[name], self.cpu)
                     break
                 except WindowTooShortError as exc:
                     grown += 1
                     if grown == 4:
                         raise
-                    sizes[name] *= 2
-                    notes[name].append(f"window grown to {sizes[name]} inferences: {exc.message}")
+                    self.sizes[name] *= 2
+                    self.notes[name].append(f"window grown to {self.sizes[name]} inferences: {exc.message}")
                 except CounterResetError as exc:
                     resets += 1
                     if resets == 2:
                         raise
-                    notes[name].append(f"window {r + 1} measured again: {exc.message}")
-            net = _net(reading, idle_w, f"window {r + 1}/{repeats}", notes[name])
-            windows[name].append(Window(sizes[name], reading.seconds, reading.total_j, net, dict(reading.joules),
-                                        share))
-    for name in candidates:
-        _check_not_all_idle(name, meter, windows[name], idle_w, idle_s)
-        warning = windows_warning([w.other_cpu_share for w in windows[name]], cpus)
-        if warning:
-            notes[name].append(warning)
-        if idle_share is not None and idle_share > OTHER_LOAD_WARN:
-            notes[name].append(f"idle baseline: other processes used {idle_share:.0%} of the {cpus} CPUs (over "
-                               f"{OTHER_LOAD_WARN:.0%}): the baseline may be inflated and net figures too low")
-    return {name: Measurement(name, meter.name, meter.measured, meter.source, idle_w, idle_s, windows[name],
-                              Summary.of_seconds(latencies[name]), batch, notes[name], idle_share, cpus)
-            for name in candidates}
+                    self.notes[name].append(f"window {r + 1} measured again: {exc.message}")
+            net = _net(reading, self.idle_w, f"window {r + 1}/{repeats}", self.notes[name])
+            self.windows[name].append(Window(self.sizes[name], reading.seconds, reading.total_j, net,
+                                             dict(reading.joules), share))
+
+    def results(self) -> dict[str, Measurement]:
+        meter, cpus, idle_share = self.meter, self.cpus, self.idle_share
+        for name in self.candidates:
+            _check_not_all_idle(name, meter, self.windows[name], self.idle_w, self.idle_s)
+            warning = windows_warning([w.other_cpu_share for w in self.windows[name]], cpus)
+            if warning:
+                self.notes[name].append(warning)
+            if idle_share is not None and idle_share > OTHER_LOAD_WARN:
+                self.notes[name].append(f"idle baseline: other processes used {idle_share:.0%} of the {cpus} CPUs "
+                                        f"(over {OTHER_LOAD_WARN:.0%}): the baseline may be inflated and net "
+                                        "figures too low")
+        return {name: Measurement(name, meter.name, meter.measured, meter.source, self.idle_w, self.idle_s,
+                                  self.windows[name], Summary.of_seconds(self.latencies[name]), self.batch,
+                                  self.notes[name], idle_share, cpus)
+                for name in self.candidates}
