@@ -142,7 +142,7 @@ def test_quantize_bounds_runs_and_budgets(tmp_path):
 
 def test_cli_limits_match_the_library():
     import toolchain.commands.profile as cli
-    import toolchain.profile.run as lib
+    import toolchain.profile.options as lib
 
     for name in ("MAX_REPEATS", "MAX_WINDOW_S", "MAX_IDLE_S", "MAX_WARMUP", "MAX_PROFILE_RUNS", "MAX_BATCH",
                  "MAX_SEQ_LEN", "MAX_WATTS"):

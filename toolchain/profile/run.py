@@ -22,17 +22,6 @@ from toolchain.energy import Meter, open_meter
 from toolchain.formats.costs import CostTable, grams_co2e_per_1000
 from toolchain.profile.attribution import attribute
 from toolchain.profile.deltas import alignment, layer_deltas
-from toolchain.profile.limits import (  # noqa: F401 - re-exported beside ProfileOptions, which checks them
-    MAX_BATCH,
-    MAX_IDLE_S,
-    MAX_PROFILE_RUNS,
-    MAX_REPEATS,
-    MAX_SEQ_LEN,
-    MAX_WARMUP,
-    MAX_WATTS,
-    MAX_WINDOW_S,
-    MIN_WINDOW_S,
-)
 from toolchain.profile.measure import Measurement, measure
 from toolchain.profile.options import ProfileOptions
 
