@@ -32,7 +32,7 @@ def test_labels_name_the_configuration():
     assert presets.QuantConfig(mode="dynamic").label == "dynamic S8 per-channel"
     with pytest.raises(ToolchainError, match="calibration"):
         presets.QuantConfig(calibration="magic").validate()
-    assert set(presets.PRESETS) == {"x86-vnni", "x86", "arm64", "gpu"}
+    assert set(presets.PRESETS) == {"x86-vnni", "x86", "openvino", "arm64", "gpu"}
     assert presets.PRESETS["gpu"].static.symmetric_activations and presets.PRESETS["arm64"].static.activations == "int8"
     with pytest.raises(ToolchainError, match="unknown quantization preset"):
         presets.preset("tpu")
