@@ -57,7 +57,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--eval-samples", type=click.IntRange(1), default=256, show_default=True, help="Evaluation samples.")
 @click.option("--target", "preset_name", metavar="TARGET",
               help="A target (`toolchain targets`, or a TOML file): its quantization preset, and its execution "
-                   "providers for timing unless --provider is given; or a preset name: x86-vnni, x86, arm64, gpu "
+                   "providers for timing unless --provider is given; or a preset name: x86-vnni, x86, openvino, arm64, gpu "
                    "(default: this machine's CPU).")
 @click.option("--auto", is_flag=True, help="Measure every candidate configuration of the preset here and keep the fastest "
                                             "within the accuracy budget (when none is, the accuracy guard runs on the "

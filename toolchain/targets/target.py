@@ -36,7 +36,9 @@ PROVIDER_FIXES = {
                              "(needs an NVIDIA GPU with its driver, CUDA and cuDNN)",
     "TensorrtExecutionProvider": "pip uninstall -y onnxruntime && pip install onnxruntime-gpu, and install "
                                  "TensorRT so its libraries are on the library path (needs an NVIDIA GPU)",
-    "OpenVINOExecutionProvider": "pip uninstall -y onnxruntime && pip install onnxruntime-openvino (Intel hardware)",
+    # OpenVINO's CPU plugin is not Intel-only: it runs on this project's AMD EPYC machines
+    "OpenVINOExecutionProvider": "pip uninstall -y onnxruntime && pip install onnxruntime-openvino "
+                                 "(x86-64 CPUs; Intel GPUs and NPUs)",
     "ROCMExecutionProvider": "install AMD's ROCm build of onnxruntime (needs an AMD GPU with ROCm)",
     "MIGraphXExecutionProvider": "install AMD's MIGraphX build of onnxruntime (needs an AMD GPU with ROCm)",
     "DmlExecutionProvider": "pip install onnxruntime-directml (Windows only)",
