@@ -38,7 +38,8 @@ def compare(ctx, models, target_specs, meter, watts, watts_per_core, data, batch
     \b
     With --cluster, each target's job runs on a node of a Ray cluster that offers it
     (`toolchain worker --target T --address HEAD`), with that node's onnxruntime build and
-    meter; jobs on nodes of one host run one after another, on different hosts at once.
+    meter; jobs on nodes of one host are interleaved window by window across the nodes,
+    jobs on different hosts run at once.
     Each column names its node (host, CPU or GPU, onnxruntime build). A target no node
     offers is an error naming what the cluster has; a job whose node is lost is retried
     once on another node with the target, else the target is reported lost and the other
