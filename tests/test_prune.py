@@ -177,3 +177,22 @@ def test_predicted_costs_follow_each_modules_work():
     costs = {"0": 4.0, "2": 2.0, "3": 3.0, "5": 1.0, "(unmapped)": 0.5}
     predicted = predict_costs(costs, before, after)
     assert predicted == pytest.approx({"0": 2.0, "2": 1.0, "3": 1.5, "5": 1.0, "(unmapped)": 0.5})
+
+
+def test_a_per_onnx_node_or_fused_table_is_refused_in_one_line(mnist_costs, tmp_path):
+    import json
+
+    data = json.loads(mnist_costs.read_text())
+    for name, change in (("node", {"granularity": "onnx-node"}), ("fused", None)):
+        d = json.loads(json.dumps(data))
+        if change:
+            d.update(change)
+        else:
+            d["rows"][0]["fused_by"] = "OpenVINO"
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(d))
+        r = CliRunner().invoke(main, ["prune", "mnist-cnn", "--costs", str(path), "--target", "x86-cpu",
+                                      "--target-energy-reduction", "0.2", "--eval", "builtin:mnist", *FAST,
+                                      "-o", str(tmp_path / name)])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert ("per ONNX node" if name == "node" else "fused into one kernel") in r.output

@@ -73,7 +73,7 @@ class Recipe:
     reference_carbon_g_per_kwh: float = _feeds(436.0, "search")
     # measure
     meter: str | None = _feeds(None, *_MEASURED)  # None: the target's
-    # inferences per call when measuring; J/inference = J per call / batch. 32 measures the model's work
+    # samples per call when measuring; J/inference = J per call / batch (per sample), latency per call. 32 measures the model's work
     # rather than ONNX Runtime's per-call overhead, which dominates a sub-millisecond model at batch 1
     batch: int = _feeds(32, *_MEASURED, "report")
     repeats: int = _feeds(5, *_MEASURED)

@@ -303,8 +303,8 @@ def stage_report(run: Run, out: Path) -> dict[str, Any]:
                       *[f"pruning only: the cost table predicted {pm['predicted']:.1%} less energy, "
                         f"{pm['macs']:.1%} fewer MACs; measured {pm['measured']:.1%} ({pm['meter']})"
                         for pm in [predicted_vs_measured(run, rows)] if pm],
-                      f"every variant measured at batch {batch} on {run.target.name}: J/inference and latency "
-                      f"per inference are per call / {batch}",
+                      f"every variant measured at batch {batch} on {run.target.name}: J/inference is per sample "
+                      f"(a call's joules / {batch}); latency is per call (one batch of {batch})",
                       f"scheduler: {len(search['candidates'])} candidates (the input FP32 and INT8; pruning point x "
                       f"distillation temperature x INT8 configuration) measured on {run.target.name}; chosen "
                       f"{best['label']} (objective {best['objective']:.3f} = {search['objective']}; weights "

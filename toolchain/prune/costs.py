@@ -125,6 +125,15 @@ def costs_for(table: CostTable, loaded: LoadedModel, module: Any, target_name: s
                              f"{loaded.source_hash[:12]}...): it is stale or foreign",
                              hint="profile this model's export with `toolchain profile` and pass that table")
     table_target(table, target_name)
+    if table.granularity != "module":
+        raise ToolchainError("the cost table is per ONNX node (its model carries no node-to-module map), so its rows "
+                             "cannot be fed back to PyTorch modules",
+                             hint="profile an export of this model made with `toolchain export`")
+    fused = [r.module for r in table.rows if r.fused_by]
+    if fused:
+        raise ToolchainError(f"the cost table has rows the execution provider fused into one kernel ({fused[0]}): "
+                             "their time is not split per module, so layers cannot be ranked by it",
+                             hint="profile on a target whose provider reports per-node times (e.g. x86-cpu)")
     names = {n for n, _ in module.named_modules()}
     rows = table_costs(table, metric)
     if sum(rows.values()) <= 0:
