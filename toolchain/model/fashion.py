@@ -39,7 +39,7 @@ import numpy as np
 
 from toolchain.core.errors import ToolchainError
 from toolchain.core.fsio import SCRATCH_TMP, new_scratch_dir, publish, remove_stale, sha256_file
-from toolchain.model.finetune import cache_root, train_threads
+from toolchain.model.finetune import cache_root, train_loop, train_threads
 from toolchain.model.spec import LoadedModel
 
 progress = logging.getLogger("toolchain.progress")
@@ -47,7 +47,6 @@ progress = logging.getLogger("toolchain.progress")
 MODEL_NAME = "fashion-cnn"
 WEIGHTS_FILE = "weights.pt"  # the state dict (torch.save; load with weights_only=True)
 RESULT_FILE = "fashion-cnn.json"  # beside the weights: settings, hashes, accuracies, seconds
-PROGRESS_EVERY_S = 5.0  # at most one progress line per this many seconds (plus one per epoch)
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
 # Fashion-MNIST's training-set pixel statistics; the readers apply them from the exported model's metadata
@@ -170,43 +169,16 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _train(module: Any, x: Any, y: Any, config: FashionConfig, gen: Any) -> list[float]:
-    """The training loop on normalised ``x`` [N, 1, 28, 28] and labels ``y``; returns each epoch's mean loss."""
-    import torch
+    """Training on normalised ``x`` [N, 1, 28, 28] and labels ``y`` with the shared :func:`train_loop`
+    (conv and linear weights decayed; biases and batch norm not); returns each epoch's mean loss."""
     import torch.nn.functional as F
 
-    n = len(y)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup * total))
-    decay = [p for p in module.parameters() if p.ndim >= 2]  # conv and linear weights; not biases or batch norm
+    decay = [p for p in module.parameters() if p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, total))
-    module.train()
-    step, last_report, losses = 0, time.monotonic(), []
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=gen)
-        epoch_loss = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            loss = F.cross_entropy(module(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            epoch_loss += float(loss.detach())
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_EVERY_S:
-                last_report = now
-                progress.info("training %s: epoch %d/%d, step %d/%d, loss %.3f", MODEL_NAME, epoch + 1,
-                              config.epochs, step, total, float(loss.detach()))
-        losses.append(epoch_loss / steps_per_epoch)
-        progress.info("training %s: epoch %d/%d done, mean loss %.3f", MODEL_NAME, epoch + 1, config.epochs, losses[-1])
-        last_report = time.monotonic()
-    module.eval()
-    return losses
+    return train_loop(module, len(y), lambda idx: F.cross_entropy(module(x[idx]), y[idx]), decay=decay,
+                      no_decay=no_decay, weight_decay=config.weight_decay, lr=config.lr, epochs=config.epochs,
+                      batch_size=config.batch_size, warmup=config.warmup, gen=gen, lr_factor=_lr_factor,
+                      what=f"training {MODEL_NAME}")
 
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 images [N, 28, 28], int64 labels [N]
